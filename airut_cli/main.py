@@ -1,0 +1,119 @@
+"""`airut`: the operator's and user's command line.
+
+  airut submit --repo R "text"          start a conversation, print the reply
+  airut submit --conversation ID "text" continue one
+  airut wait TASK                       print the reply of a task submitted with --no-wait
+  airut stop TASK                       ask the runner to stop a task
+  airut check-config [--config PATH]    validate the configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from airut_core import config as config_mod
+from airut_core.config import ConfigError
+from airut_core.records import ReplyRecord
+from airut_ingest import local
+
+EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="airut", description="Claude Code tasks by email, "
+                                     "Slack or the command line.")
+    parser.add_argument("--config", help="configuration file (default /etc/airut/airut.yaml, "
+                                         "or $AIRUT_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("submit", help="submit a task through the local channel")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--repo", help="repository id (starts a new conversation)")
+    target.add_argument("--conversation", help="conversation id to continue")
+    p.add_argument("--model", help="model for a new conversation (default: the repository's)")
+    p.add_argument("--no-wait", action="store_true", help="print the task id and return")
+    _reply_options(p)
+    p.add_argument("text", help="the message; '-' reads stdin, '@FILE' reads a file")
+
+    p = sub.add_parser("wait", help="wait for a task's reply and print it")
+    p.add_argument("task")
+    _reply_options(p)
+
+    p = sub.add_parser("stop", help="stop a waiting or running task")
+    p.add_argument("task")
+
+    sub.add_parser("check-config", help="validate the configuration and summarise it")
+
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(COMMANDS[args.command](args))
+    except (ConfigError, local.SubmitError) as e:
+        print(f"airut: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _reply_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("--json", action="store_true", help="print the reply record as JSON")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    task = local.submit(cfg, local.read_text(args.text), repo=args.repo,
+                        conversation_id=args.conversation, model=args.model)
+    if args.no_wait:
+        print(task.task_id)
+        return 0
+    print(f"submitted task {task.task_id}; waiting for the reply...", file=sys.stderr)
+    return _wait(cfg, task.task_id, args)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    return _wait(config_mod.load(args.config), args.task, args)
+
+
+def _wait(cfg: config_mod.Config, task_id: str, args: argparse.Namespace) -> int:
+    reply = local.wait_for_reply(cfg, task_id, timeout=args.timeout)
+    if reply is None:
+        print(f"airut: no reply for task {task_id} within {args.timeout} s; "
+              f"`airut wait {task_id}` keeps waiting", file=sys.stderr)
+        return EXIT_TIMEOUT
+    _print_reply(reply, args.json)
+    return 0 if reply.outcome == "success" else EXIT_FAILED
+
+
+def _print_reply(reply: ReplyRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(reply.to_dict(), indent=1))
+        return
+    print(reply.text)
+    print(f"\n[{reply.outcome}] conversation {reply.conversation_id} · task {reply.task_id}"
+          f" · unit {reply.unit or '-'}\ncontinue with: airut submit --conversation "
+          f"{reply.conversation_id} \"...\"", file=sys.stderr)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    local.request_stop(config_mod.load(args.config), args.task)
+    print(f"stop requested for task {args.task}", file=sys.stderr)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    print(f"{cfg.source}: ok")
+    print(f"  spool {cfg.paths.spool}, state {cfg.paths.state}, "
+          f"max_concurrent {cfg.execution.max_concurrent}")
+    for repo_id, repo in sorted(cfg.repos.items()):
+        limits = repo.resource_limits
+        print(f"  repository {repo_id}: {repo.repo_url} (model {repo.model}; "
+              f"memory {limits.memory >> 20} MiB, cpus {limits.cpus:g}, "
+              f"pids {limits.pids_limit}, timeout {limits.timeout} s)")
+    if not cfg.repos:
+        print("  no repositories configured: tasks cannot run yet")
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "wait": cmd_wait, "stop": cmd_stop,
+            "check-config": cmd_check_config}

@@ -1,0 +1,125 @@
+"""/etc/airut/airut.yaml: loading and validation.
+
+Errors name the file and the key path, e.g.
+  /etc/airut/airut.yaml: repos.demo.resource_limits.memory: expected a size like 512M or 2G
+Secrets can stay out of the file: `api_key: !env ANTHROPIC_API_KEY`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+
+from airut_core import paths, schema
+from airut_core.schema import EnvRef, OneOf, Range, Size
+
+CLAUDE_CODE_VERSION = "2.1.332"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ResourceLimits:
+    timeout: Annotated[int, Range(min=10)] = 1800  # seconds; the unit's RuntimeMaxSec
+    memory: Annotated[int, Size] = 4 << 30  # MemoryMax
+    cpus: Annotated[float, Range(min=0.01)] = 2.0  # CPUQuota = cpus * 100%
+    pids_limit: Annotated[int, Range(min=16)] = 1024  # TasksMax
+
+
+@dataclass
+class RepoConfig:
+    repo_url: str
+    model: str = "sonnet"
+    effort: Annotated[str, OneOf(("low", "medium", "high", "max"))] | None = None
+    resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
+    secrets: dict[str, str] = field(default_factory=dict)  # environment of the agent
+
+
+@dataclass
+class AgentConfig:
+    """How the agent container is run (server-wide)."""
+
+    claude_binary: str = f"/var/cache/airut/claude/{CLAUDE_CODE_VERSION}/claude"
+    image: str = "localhost/airut-base:latest"
+    network: str = "podman"
+    # Where the agent sends model requests; unset means Anthropic's API. The
+    # offline demo model is http://<podman gateway>:8765.
+    api_base_url: str | None = None
+
+
+@dataclass
+class ExecutionConfig:
+    max_concurrent: Annotated[int, Range(min=1)] = 3
+    retry_delay: Annotated[float, Range(min=0)] = 10.0  # before retrying a failed start
+    stop_grace: Annotated[int, Range(min=1)] = 10  # SIGTERM to SIGKILL, seconds
+    reply_max_age_days: Annotated[float, Range(min=0.001)] = 7.0  # unclaimed local replies
+
+
+@dataclass
+class PathsConfig:
+    spool: str = str(paths.DEFAULT_SPOOL)
+    state: str = str(paths.DEFAULT_STATE)
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    repos: dict[Annotated[str, schema.Match(paths.REPO_ID, "repository id")],
+                RepoConfig] = field(default_factory=dict)
+    source: str = field(default="", metadata={"internal": True})  # the file read
+
+    def repo(self, repo_id: str) -> RepoConfig:
+        try:
+            return self.repos[repo_id]
+        except KeyError:
+            known = ", ".join(sorted(self.repos)) or "none"
+            raise ConfigError(f"{self.source}: no repository {repo_id!r} is configured "
+                              f"(configured: {known})") from None
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _env(loader: yaml.SafeLoader, node: yaml.Node) -> EnvRef:
+    return EnvRef(loader.construct_scalar(node))
+
+
+_Loader.add_constructor("!env", _env)
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("AIRUT_CONFIG") or paths.DEFAULT_CONFIG)
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Read and check the configuration; ConfigError says what and where."""
+    path = config_path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
+    return parse(text, str(path))
+
+
+def parse(text: str, source: str) -> Config:
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    try:
+        config = schema.build(Config, data)
+    except schema.SchemaError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    config.source = source
+    return config

@@ -1,0 +1,63 @@
+"""Where things live on disk. Every daemon agrees on this layout through this module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from airut_core.spool import Stage
+
+DEFAULT_CONFIG = Path("/etc/airut/airut.yaml")
+DEFAULT_SPOOL = Path("/var/spool/airut")
+DEFAULT_STATE = Path("/var/lib/airut")
+
+# Names that end up in paths and unit names. Checked wherever they enter.
+CONVERSATION_ID = re.compile(r"^[0-9a-f]{8}$")
+TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class Spool:
+    """The spool's stages. Writers per stage:
+
+    incoming/           ingest daemons and `airut submit`     (new task records)
+    active/             airut-runner                          (claimed tasks)
+    finished/           task units' ExecStopPost              (how a task unit ended)
+    outgoing/<channel>/ airut-runner                          (reply records)
+    control/            airut-web and `airut stop`            (stop requests)
+    deferred/<channel>/ the channel's daemon                  (replies waiting to retry)
+    failed/<stage>/     the stage's consumer                  (quarantine, with reasons)
+    """
+
+    def __init__(self, root: Path | str = DEFAULT_SPOOL):
+        self.root = Path(root)
+        self.incoming = Stage(self.root / "incoming")
+        self.active = Stage(self.root / "active")
+        self.finished = Stage(self.root / "finished")
+        self.control = Stage(self.root / "control")
+
+    def outgoing(self, channel: str) -> Stage:
+        return Stage(self.root / "outgoing" / _checked(CHANNEL, channel, "channel"))
+
+    def deferred(self, channel: str) -> Stage:
+        return Stage(self.root / "deferred" / _checked(CHANNEL, channel, "channel"))
+
+    def failed(self, stage: str) -> Stage:
+        return Stage(self.root / "failed" / stage)
+
+    def ensure(self) -> Spool:
+        for stage in (self.incoming, self.active, self.finished, self.control):
+            stage.ensure()
+        return self
+
+
+def conversation_dir(state_dir: Path | str, conversation_id: str) -> Path:
+    return Path(state_dir) / "conversations" / _checked(CONVERSATION_ID, conversation_id,
+                                                        "conversation id")
+
+
+def _checked(pattern: re.Pattern, value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"invalid {what}: {value!r}")
+    return value

@@ -1,0 +1,95 @@
+"""The records that travel through the spool: task, reply, control.
+
+Each record is a JSON object with a "schema" member such as "airut.task/1". A
+reader accepts its own major version and refuses others with a clear error, so a
+newer writer never gets half-understood. Envelope members any stage owner may
+add: "failures" (see spool.record_failure) and "state" (the owner's notes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+from airut_core import paths, schema
+from airut_core.schema import Match, OneOf
+from airut_core.spool import RecordError, new_name, utc_now
+
+TaskId = Annotated[str, Match(paths.TASK_ID, "task id")]
+ConversationId = Annotated[str, Match(paths.CONVERSATION_ID, "conversation id")]
+Channel = Annotated[str, Match(paths.CHANNEL, "channel name")]
+RepoId = Annotated[str, Match(paths.REPO_ID, "repository id")]
+
+OUTCOMES = ("success", "failed", "out_of_memory", "timeout", "stopped", "rejected")
+ENVELOPE = ("schema", "failures", "state")
+
+
+@dataclass
+class Record:
+    KIND: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "record") -> Any:
+        kind, _, version = str(data.get("schema", "")).partition("/")
+        if kind != f"airut.{cls.KIND}":
+            raise RecordError(f"{where}: expected an airut.{cls.KIND} record, "
+                              f"got schema {data.get('schema')!r}")
+        if version != str(cls.VERSION):
+            raise RecordError(f"{where}: {kind} version {version} is not understood by this "
+                              f"airut (it reads version {cls.VERSION})")
+        body = {k: v for k, v in data.items() if k not in ENVELOPE}
+        try:
+            return schema.build(cls, body)
+        except schema.SchemaError as e:
+            raise RecordError(f"{where}: {e}") from e
+
+    def to_dict(self) -> dict:
+        return {"schema": f"airut.{self.KIND}/{self.VERSION}", **dataclasses.asdict(self)}
+
+
+@dataclass
+class TaskRecord(Record):
+    """A request to run the agent: one message from one sender."""
+
+    KIND: ClassVar[str] = "task"
+    repo: RepoId
+    channel: Channel
+    reply_to: str  # channel-specific address of the reply (mailbox, thread, terminal)
+    sender: str
+    text: str
+    conversation_id: ConversationId | None = None  # None starts a new conversation
+    attachments_dir: str | None = None
+    model: str | None = None  # only honoured for a new conversation
+    task_id: TaskId = field(default_factory=new_name)
+    created: str = field(default_factory=utc_now)
+
+
+@dataclass
+class ReplyRecord(Record):
+    """What the runner sends back through the task's channel."""
+
+    KIND: ClassVar[str] = "reply"
+    task_id: TaskId
+    conversation_id: ConversationId | None
+    repo: RepoId
+    channel: Channel
+    reply_to: str
+    text: str
+    outcome: Annotated[str, OneOf(OUTCOMES)]
+    attachments: list[str] = field(default_factory=list)
+    unit: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=utc_now)
+
+
+@dataclass
+class ControlRecord(Record):
+    """A request about a running or waiting task."""
+
+    KIND: ClassVar[str] = "control"
+    task_id: TaskId
+    action: Annotated[str, OneOf(("stop",))] = "stop"
+    requested_by: str = ""
+    created: str = field(default_factory=utc_now)

@@ -1,0 +1,225 @@
+"""The spool: the only contract between airut's daemons.
+
+Rules (design.md, "The spool"), in the style of Postfix and qmail:
+- one directory per stage, one writer per directory;
+- a record is written whole into the stage's tmp/, fsynced, renamed into place,
+  then the directory is fsynced: readers never see half a record;
+- claiming is a rename: whoever wins the rename owns the record;
+- inotify is only a doorbell; a scan of the directory is the truth;
+- a record that fails three times moves to failed/<stage>/ with its reasons;
+- old records are removed by age, by the stage's owner.
+
+State is which files exist where. Nothing here parses names beyond ordering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import inotify_simple
+
+SUFFIX = ".json"
+TMP = "tmp"
+MAX_FAILURES = 3
+
+
+class RecordError(ValueError):
+    """A record that cannot be read or does not match its schema."""
+
+
+def new_name() -> str:
+    """A name that sorts by creation time, unique thanks to its random part.
+
+    Also used as the task id, so it is safe in unit names and paths.
+    """
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o640) -> None:
+    """Write data to path so that readers see either nothing or all of it.
+
+    The temporary file lives in tmp_dir (same filesystem as path), so a crash
+    leaves at most a stale file there, never a partial record at path.
+    """
+    tmp_dir = tmp_dir or path.parent
+    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _before_rename_hook(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _before_rename_hook(tmp: Path) -> None:
+    """Crash-test seam: with AIRUT_TEST_CRASH_BEFORE_RENAME set, die right here.
+
+    The spool tests use it to prove that a writer killed between the write and
+    the rename leaves no visible record. os._exit skips every cleanup, exactly
+    like a SIGKILL would.
+    """
+    if os.environ.get("AIRUT_TEST_CRASH_BEFORE_RENAME"):
+        os._exit(70)
+
+
+def dump(record: dict) -> bytes:
+    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+
+
+def load(data: bytes, where: str) -> dict:
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: a record must be a JSON object")
+    return record
+
+
+class Stage:
+    """One spool directory holding records NAME.json, written through its tmp/."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.tmp = self.path / TMP
+
+    def __repr__(self) -> str:
+        return f"Stage({str(self.path)!r})"
+
+    def ensure(self, mode: int = 0o770) -> Stage:
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=mode)
+        return self
+
+    def file(self, name: str) -> Path:
+        return self.path / f"{name}{SUFFIX}"
+
+    def put(self, name: str, record: dict) -> Path:
+        path = self.file(name)
+        write_atomic(path, dump(record), self.tmp)
+        return path
+
+    def names(self) -> list[str]:
+        """Names of the records present now, oldest first."""
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and e[0] != ".")
+
+    def exists(self, name: str) -> bool:
+        return self.file(name).exists()
+
+    def read(self, name: str) -> dict:
+        """The record; FileNotFoundError if it is gone, RecordError if unreadable."""
+        return load(self.file(name).read_bytes(), str(self.file(name)))
+
+    def move_to(self, name: str, other: Stage, new_name: str | None = None) -> bool:
+        """Rename a record into another stage: the claim. False if someone else won."""
+        try:
+            os.rename(self.file(name), other.file(new_name or name))
+        except FileNotFoundError:
+            return False
+        fsync_dir(other.path)
+        return True
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.file(name))
+
+    def age(self, name: str) -> float:
+        return time.time() - self.file(name).stat().st_mtime
+
+    def clean(self, max_age: float) -> list[str]:
+        """Remove records older than max_age seconds, and stale tmp files. Returns names removed."""
+        removed = []
+        for name in self.names():
+            with contextlib.suppress(FileNotFoundError):
+                if self.age(name) > max_age:
+                    self.remove(name)
+                    removed.append(name)
+        self.clean_tmp(min(max_age, 3600))
+        return removed
+
+    def clean_tmp(self, max_age: float = 3600) -> int:
+        """Remove what crashed writers left in tmp/; they never became records."""
+        count = 0
+        now = time.time()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - entry.stat().st_mtime > max_age:
+                        os.unlink(entry.path)
+                        count += 1
+        return count
+
+
+def record_failure(
+    stage: Stage, name: str, record: dict, reason: str, failed: Stage, limit: int = MAX_FAILURES
+) -> bool:
+    """Count one failure against a record; quarantine it on the limit-th one.
+
+    The failures travel in the record itself (a list of {time, reason}), so the
+    count survives restarts. Returns True when the record went to `failed`.
+    """
+    failures = record.setdefault("failures", [])
+    failures.append({"time": utc_now(), "reason": reason})
+    stage.put(name, record)
+    if len(failures) < limit:
+        return False
+    failed.ensure()
+    stage.move_to(name, failed)
+    return True
+
+
+def failures(record: dict) -> int:
+    return len(record.get("failures") or [])
+
+
+class Doorbell:
+    """inotify on spool directories. Only a hint that something changed: always rescan."""
+
+    MASK = inotify_simple.flags.MOVED_TO | inotify_simple.flags.CLOSE_WRITE
+
+    def __init__(self, dirs: Iterable[Path]):
+        self._inotify = inotify_simple.INotify()
+        for d in dirs:
+            self._inotify.add_watch(str(d), self.MASK)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something arrives or timeout seconds pass; True if rung."""
+        events = self._inotify.read(timeout=max(0, int(timeout * 1000)))
+        # Drain what is already queued so one burst costs one rescan.
+        while events and self._inotify.read(timeout=0):
+            pass
+        return bool(events)
+
+    def close(self) -> None:
+        self._inotify.close()

@@ -1,0 +1,184 @@
+"""airut-demo-model: a local server speaking Anthropic's Messages API with scripted turns.
+
+It lets airut run end to end with no API key (`make demo`), and it stands in for
+Anthropic in the tests: the real Claude Code CLI talks to it unchanged. Every
+request is appended to a JSON-lines log so tests can see what the agent sent.
+
+  airut-demo-model --listen 0.0.0.0:8765 --log requests.jsonl --scenarios DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+
+from airut_demo_model import scenarios
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: DemoModelServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the JSON-lines log is the record; stderr stays quiet
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._json(404, _error("not_found_error", f"no route {self.path}"))
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        self.server.record(self, body)
+        path = self.path.split("?")[0]
+        if body is None:
+            self._json(400, _error("invalid_request_error", "body is not JSON"))
+        elif path == "/v1/messages/count_tokens":
+            self._json(200, {"input_tokens": _tokens(raw)})
+        elif path == "/v1/messages":
+            self._messages(body, len(raw))
+        else:
+            self._json(404, _error("not_found_error", f"no route {path}"))
+
+    def _messages(self, body: dict, size: int) -> None:
+        position = scenarios.Position(body.get("messages") or [])
+        scenario = scenarios.load(self.server.scenario_dir, position.scenario_name())
+        error = scenario.get("error")
+        if error:
+            self._json(int(error.get("status", 500)),
+                       _error(error.get("type", "api_error"), error.get("message", "error")))
+            return
+        turn = scenarios.next_turn(scenario, position)
+        tool_names = {t.get("name") for t in body.get("tools") or []}
+        if "tool" in turn and turn["tool"] not in tool_names:
+            turn = {"text": f"(The scenario wanted the {turn['tool']} tool, which this "
+                            "request does not offer.)"}
+        message = _message(body.get("model", "demo"), turn, size)
+        if body.get("stream"):
+            self._stream(message, float(scenario.get("stall_seconds") or 0))
+        else:
+            self._json(200, message)
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status in (429, 529):
+            self.send_header("retry-after", "1")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, message: dict, stall: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {**message["usage"], "output_tokens": 1}}
+        self._event("message_start", {"type": "message_start", "message": start})
+        if stall:
+            time.sleep(stall)  # a stalled stream, finished afterwards as real ones are
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                self._event("content_block_start", {"type": "content_block_start", "index": index,
+                                                    "content_block": {"type": "text", "text": ""}})
+                delta = {"type": "text_delta", "text": block["text"]}
+            else:
+                self._event("content_block_start", {
+                    "type": "content_block_start", "index": index,
+                    "content_block": {**block, "input": {}}})
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+            self._event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": delta})
+            self._event("content_block_stop", {"type": "content_block_stop", "index": index})
+        self._event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]}})
+        self._event("message_stop", {"type": "message_stop"})
+
+    def _event(self, name: str, data: dict) -> None:
+        self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        self.wfile.flush()
+
+
+def _tokens(raw: bytes | str) -> int:
+    return max(1, len(raw) // 4)
+
+
+def _error(kind: str, message: str) -> dict:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _message(model: str, turn: dict, request_size: int) -> dict:
+    if "tool" in turn:
+        block = {"type": "tool_use", "id": f"toolu_{secrets.token_hex(12)}",
+                 "name": turn["tool"], "input": turn.get("input", {})}
+        stop, out = "tool_use", json.dumps(block["input"])
+    else:
+        block = {"type": "text", "text": turn.get("text", "")}
+        stop, out = "end_turn", block["text"]
+    return {"id": f"msg_{secrets.token_hex(12)}", "type": "message", "role": "assistant",
+            "model": model, "content": [block], "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": _tokens("x" * request_size), "output_tokens": _tokens(out),
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+
+
+class DemoModelServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], log: Path | None, scenario_dir: Path | None):
+        super().__init__(address, Handler)
+        self.log_path = log
+        self.scenario_dir = scenario_dir
+        self._lock = threading.Lock()
+
+    def record(self, handler: Handler, body: Any) -> None:
+        if not self.log_path:
+            return
+        entry = {"time": time.time(), "method": handler.command, "path": handler.path,
+                 "headers": dict(handler.headers.items()), "body": body}
+        with self._lock, self.log_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="airut-demo-model", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT (port 0: any)")
+    parser.add_argument("--log", type=Path, help="append every request to this JSON-lines file")
+    parser.add_argument("--scenarios", type=Path, help="directory of NAME.json scenarios")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    server = DemoModelServer((host or "127.0.0.1", int(port)), args.log, args.scenarios)
+    if args.port_file:
+        args.port_file.write_text(f"{server.server_address[1]}\n")
+    print(f"airut-demo-model listening on {host}:{server.server_address[1]}", file=sys.stderr)
+    sdnotify.SystemdNotifier().notify(f"READY=1\nSTATUS=listening on {args.listen}")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

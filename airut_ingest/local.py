@@ -1,0 +1,95 @@
+"""The local channel: tasks from the command line (`airut submit`).
+
+A task record goes into incoming/ like one from email or Slack; the reply comes
+back as outgoing/local/<task>.json, which the waiting command prints and removes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+import time
+from pathlib import Path
+
+from airut_core import conversation
+from airut_core.config import Config, ConfigError
+from airut_core.paths import Spool
+from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
+from airut_core.spool import Doorbell, RecordError, new_name
+
+CHANNEL = "local"
+
+
+class SubmitError(Exception):
+    pass
+
+
+def sender() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def submit(cfg: Config, text: str, repo: str | None = None, conversation_id: str | None = None,
+           model: str | None = None, attachments_dir: str | None = None) -> TaskRecord:
+    """Write a task record into incoming/; returns it (its task_id names the reply)."""
+    if not text.strip():
+        raise SubmitError("the message is empty")
+    if conversation_id:
+        try:
+            conv = conversation.load(cfg.paths.state, conversation_id)
+        except ValueError as e:
+            raise SubmitError(str(e)) from e
+        if conv is None:
+            raise SubmitError(f"no conversation {conversation_id} on this host")
+        if repo and repo != conv.repo:
+            raise SubmitError(f"conversation {conversation_id} belongs to repository {conv.repo}")
+        repo = conv.repo
+    if not repo:
+        raise SubmitError("say which repository (--repo) or which conversation (--conversation)")
+    try:
+        cfg.repo(repo)
+    except ConfigError as e:
+        raise SubmitError(str(e)) from e
+    task = TaskRecord(repo=repo, channel=CHANNEL, reply_to=sender(), sender=sender(), text=text,
+                      conversation_id=conversation_id, model=model,
+                      attachments_dir=attachments_dir)
+    Spool(cfg.paths.spool).incoming.put(task.task_id, task.to_dict())
+    return task
+
+
+def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None,
+                   keep: bool = False) -> ReplyRecord | None:
+    """Block until the task's reply arrives; None on timeout. Consumes the reply."""
+    stage = Spool(cfg.paths.spool).outgoing(CHANNEL).ensure()
+    bell = Doorbell([stage.path])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            if stage.exists(task_id):
+                try:
+                    reply = ReplyRecord.from_dict(stage.read(task_id), str(stage.file(task_id)))
+                except RecordError as e:
+                    raise SubmitError(str(e)) from e
+                if not keep:
+                    stage.remove(task_id)
+                return reply
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            bell.wait(min(left, 5.0) if left is not None else 5.0)
+    finally:
+        bell.close()
+
+
+def request_stop(cfg: Config, task_id: str) -> None:
+    control = ControlRecord(task_id=task_id, requested_by=sender())
+    Spool(cfg.paths.spool).control.put(new_name(), control.to_dict())
+
+
+def read_text(arg: str) -> str:
+    """The message: the argument, or stdin for '-', or a file for '@PATH'."""
+    if arg == "-":
+        return sys.stdin.read()
+    if arg.startswith("@"):
+        return Path(arg[1:]).read_text()
+    return arg

@@ -1,0 +1,73 @@
+"""The `podman run` command line of one task.
+
+The container sees its conversation's workspace, session state, inbox, outbox and
+storage, plus the Claude Code binary read-only; nothing else of the host. The
+prompt arrives on stdin and stream-json leaves on stdout (the unit wires both to
+files). `--cgroups=split` keeps the container inside the task unit's cgroup, so
+the unit's MemoryMax/CPUQuota/TasksMax apply to the agent itself; `--init` makes
+a stop take milliseconds instead of the full stop timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PODMAN = "/usr/bin/podman"
+CLAUDE_IN_CONTAINER = "/opt/claude/claude"
+
+# Forced in every agent container (design.md, "Claude Code in the container").
+AGENT_ENV = {
+    "IS_SANDBOX": "1",  # root inside the container's own namespaces
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",  # -p would exit before background jobs end
+    "DISABLE_AUTOUPDATER": "1",
+    "CLAUDE_CONFIG_DIR": "/root/.claude",  # keep all agent state in the mounted directory
+}
+
+MOUNTS = (("workspace", "/workspace"), ("claude", "/root/.claude"), ("inbox", "/inbox"),
+          ("outbox", "/outbox"), ("storage", "/storage"))
+
+
+@dataclass
+class AgentRun:
+    container_name: str
+    conversation_dir: Path
+    image: str
+    claude_binary: str
+    network: str
+    model: str
+    env_file: Path
+    effort: str | None = None
+    resume_session: str | None = None
+
+    def argv(self) -> list[str]:
+        cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
+               "--log-driver=none", f"--name={self.container_name}",
+               f"--network={self.network}", "--workdir=/workspace",
+               f"--env-file={self.env_file}"]
+        for sub, target in MOUNTS:
+            cmd.append(f"--volume={self.conversation_dir / sub}:{target}:rw")
+        cmd.append(f"--volume={self.claude_binary}:{CLAUDE_IN_CONTAINER}:ro")
+        cmd.append(self.image)
+        cmd += [CLAUDE_IN_CONTAINER]
+        if self.resume_session:
+            cmd += ["--resume", self.resume_session]
+        cmd += ["--model", self.model]
+        if self.effort:
+            cmd += ["--effort", self.effort]
+        cmd += ["-p", "-", "--output-format", "stream-json", "--verbose",
+                "--dangerously-skip-permissions"]
+        return cmd
+
+
+def env_file_text(secrets: dict[str, str], api_base_url: str | None) -> str:
+    """The container's environment as an --env-file: secrets stay out of unit properties."""
+    env = dict(secrets)
+    if api_base_url:
+        env["ANTHROPIC_BASE_URL"] = api_base_url
+    env.update(AGENT_ENV)  # forced values win over repository settings
+    for key, value in env.items():
+        if "\n" in key or "\n" in value or "=" in key:
+            raise ValueError(f"environment variable {key!r} cannot be passed to the container")
+    return "".join(f"{k}={v}\n" for k, v in env.items())

@@ -1,0 +1,76 @@
+"""ExecStopPost of a task unit: write how the unit ended into the spool's finished/.
+
+Runs inside the task unit's cgroup after the main process is gone, so the
+cgroup's memory counters still tell whether the kernel killed something for
+exceeding MemoryMax. systemd passes SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
+
+Usage: python -m airut_runner.task_exit SPOOL_DIR TASK_ID
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from airut_core.paths import Spool
+from airut_core.spool import utc_now
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def memory_cgroup() -> Path | None:
+    """This process's memory cgroup directory (cgroup v1 or v2)."""
+    v2 = None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return CGROUP_ROOT / "memory" / path.lstrip("/")
+        if controllers == "":
+            v2 = CGROUP_ROOT / path.lstrip("/")
+    return v2 if v2 and (v2 / "memory.events").exists() else None
+
+
+def oom_kills(cgroup: Path | None) -> int:
+    """How many processes the kernel killed in this cgroup for lack of memory."""
+    if cgroup is None:
+        return 0
+    for name in ("memory.events", "memory.oom_control"):  # v2, v1
+        try:
+            for line in (cgroup / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except OSError:
+            continue
+    return 0
+
+
+def limit_hits(cgroup: Path | None) -> int:
+    """v1 only: how often usage hit the limit (memory.failcnt); 0 where unknown."""
+    try:
+        return int((cgroup / "memory.failcnt").read_text()) if cgroup else 0
+    except OSError:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    spool_dir, task_id = (argv or sys.argv[1:])[:2]
+    cgroup = memory_cgroup()
+    marker = {
+        "task_id": task_id,
+        "service_result": os.environ.get("SERVICE_RESULT", ""),
+        "exit_code": os.environ.get("EXIT_CODE", ""),
+        "exit_status": os.environ.get("EXIT_STATUS", ""),
+        "oom_kills": oom_kills(cgroup),
+        "memory_limit_hits": limit_hits(cgroup),
+        "invocation_id": os.environ.get("INVOCATION_ID", ""),
+        "finished": utc_now(),
+    }
+    finished = Spool(spool_dir).finished.ensure()
+    finished.put(task_id, marker)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

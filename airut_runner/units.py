@@ -1,0 +1,99 @@
+"""Task units: one transient systemd service per task, started over D-Bus (pystemd).
+
+The unit, not the runner, owns the task: restarting the runner leaves it running.
+When the unit ends, its ExecStopPost writes finished/<task>.json into the spool,
+so the outcome is on disk even if no runner is alive to see the unit go.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pystemd.dbuslib import DBus
+from pystemd.systemd1 import Manager
+from pystemd.systemd1 import unit_signatures as _sig
+
+from airut_core.config import ResourceLimits
+
+UNIT_PREFIX = "airut-task-"
+SLICE = "airut-tasks.slice"
+
+# Transient properties systemd 252 accepts that pystemd 0.15 has no signature for.
+_sig.KNOWN_UNIT_SIGNATURES.setdefault(b"LogExtraFields", b"aay")
+_sig.KNOWN_UNIT_SIGNATURES.setdefault(b"StandardInputFile", b"s")
+
+
+def unit_name(conversation_id: str, task_id: str) -> str:
+    return f"{UNIT_PREFIX}{conversation_id}-{task_id}.service"
+
+
+@dataclass
+class TaskUnit:
+    name: str
+    argv: list[str]
+    stdin_file: Path
+    stdout_file: Path
+    spool_dir: str
+    task_id: str
+    conversation_id: str
+    repo: str
+    limits: ResourceLimits
+    stop_grace: int
+
+    def properties(self) -> dict[bytes, object]:
+        exit_helper = [sys.executable, "-m", "airut_runner.task_exit", self.spool_dir,
+                       self.task_id]
+        fields = {"AIRUT_TASK": self.task_id, "AIRUT_CONVERSATION": self.conversation_id,
+                  "AIRUT_REPO": self.repo}
+        return {
+            b"Description": f"airut task {self.task_id} (conversation {self.conversation_id}, "
+                            f"repository {self.repo})".encode(),
+            b"Slice": SLICE.encode(),
+            b"ExecStart": [_exec(self.argv)],
+            b"ExecStopPost": [_exec(exit_helper)],
+            b"StandardInputFile": str(self.stdin_file).encode(),
+            b"StandardOutputFileToAppend": str(self.stdout_file).encode(),
+            b"StandardError": b"journal",
+            b"SyslogIdentifier": b"airut-task",
+            b"LogExtraFields": [f"{k}={v}".encode() for k, v in fields.items()],
+            b"MemoryMax": self.limits.memory,
+            b"CPUQuotaPerSecUSec": int(self.limits.cpus * 1_000_000),
+            b"TasksMax": self.limits.pids_limit,
+            b"RuntimeMaxUSec": self.limits.timeout * 1_000_000,
+            # SIGTERM to podman alone, which stops the container cleanly; then
+            # SIGKILL to everything left after the grace period.
+            b"KillMode": b"mixed",
+            b"TimeoutStopUSec": self.stop_grace * 1_000_000,
+            b"CollectMode": b"inactive-or-failed",
+        }
+
+
+def _exec(argv: list[str]) -> tuple[bytes, list[bytes], bool]:
+    # systemd expands $VAR in Exec* arguments, even over D-Bus; $$ is a literal $.
+    return (argv[0].encode(), [a.replace("$", "$$").encode() for a in argv], False)
+
+
+class Systemd:
+    """The few manager calls the runner needs, on one system-bus connection."""
+
+    def __init__(self) -> None:
+        self._bus = DBus()
+        self._bus.open()
+        self._manager = Manager(bus=self._bus)
+        self._manager.load()
+
+    def start(self, unit: TaskUnit) -> None:
+        self._manager.Manager.StartTransientUnit(unit.name.encode(), b"fail", unit.properties())
+
+    def stop(self, name: str) -> None:
+        self._manager.Manager.StopUnit(name.encode(), b"replace")
+
+    def task_units(self) -> dict[str, str]:
+        """Loaded task units and their ActiveState."""
+        units = self._manager.Manager.ListUnitsByPatterns([], [f"{UNIT_PREFIX}*".encode()])
+        return {u[0].decode(): u[3].decode() for u in units}
+
+    def close(self) -> None:
+        self._bus.close()

@@ -1,0 +1,86 @@
+#!/bin/bash
+# build.sh: everything the test lab needs, built once and cached in $AIRUT_LAB.
+#   - host packages (podman, systemd-nspawn, mmdebstrap, build deps for pystemd)
+#   - the guest root filesystem (systemd + podman + git), made by mmdebstrap
+#   - the container base image tarball (Debian minbase + git), made by mmdebstrap
+#   - virtualenvs on Debian's /usr/bin/python3 with airut's dependencies (host tests, guest)
+#   - the pinned Claude Code CLI's native binary
+# Every step is skipped when its output exists, and every download is retried.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+. "$HERE/lab.env"
+mkdir -p "$AIRUT_LAB"
+
+retry() {  # retry N CMD...: registries hiccup; a download gets a few chances
+  local n=$1 i; shift
+  for i in $(seq 1 "$n"); do
+    "$@" && return 0
+    echo "attempt $i of $n failed: $*" >&2; sleep $((i * 5))
+  done
+  return 1
+}
+step() { printf '\n== %s\n' "$*" >&2; }
+
+APT="apt-get -o DPkg::Lock::Timeout=600 -q"
+HOST_PKGS="systemd-container mmdebstrap podman runc netavark aardvark-dns iptables uidmap
+  catatonit libsystemd-dev pkg-config gcc python3-dev python3-venv git ca-certificates
+  nftables iproute2 procps npm"
+missing=$(for p in $HOST_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"; done)
+# npm may come with another Node.js installation; do not fight it.
+command -v npm >/dev/null && missing=$(echo "$missing" | grep -vx npm || true)
+if [ -n "$missing" ]; then
+  step "host packages: $(echo $missing)"
+  retry 3 $APT update
+  DEBIAN_FRONTEND=noninteractive retry 3 $APT install -y --no-install-recommends $missing
+fi
+
+GUEST_PKGS=systemd,systemd-sysv,dbus,libpam-systemd,podman,runc,netavark,aardvark-dns,iptables,nftables,uidmap,catatonit,python3,python3-venv,ca-certificates,iproute2,git,procps,less
+if [ ! -f "$AIRUT_LAB/guest/.complete" ]; then
+  step "guest root filesystem (mmdebstrap)"
+  rm -rf "$AIRUT_LAB/guest"
+  retry 3 mmdebstrap --variant=minbase --include="$GUEST_PKGS" bookworm "$AIRUT_LAB/guest"
+  # A volatile journal keeps one run's logs from piling onto the next.
+  mkdir -p "$AIRUT_LAB/guest/etc/systemd/journald.conf.d"
+  printf '[Journal]\nStorage=volatile\n' > "$AIRUT_LAB/guest/etc/systemd/journald.conf.d/lab.conf"
+  touch "$AIRUT_LAB/guest/.complete"
+fi
+
+if [ ! -f "$AIRUT_LAB/base.tar" ]; then
+  step "container base image tarball (mmdebstrap)"
+  retry 3 mmdebstrap --format=tar --variant=minbase --include=git,ca-certificates,procps bookworm "$AIRUT_LAB/base.tar.part"
+  mv "$AIRUT_LAB/base.tar.part" "$AIRUT_LAB/base.tar"
+fi
+
+# Two venvs on Debian's /usr/bin/python3 (the interpreter the .deb targets):
+# venv/ runs the tests on the host with airut installed editable; guest-venv/ is
+# bound into the guest, where up.sh installs the current source as a product.
+stamp=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
+for v in venv guest-venv; do
+  VENV=$AIRUT_LAB/$v
+  [ -x "$VENV/bin/python" ] || { step "virtualenv $v on /usr/bin/python3"; /usr/bin/python3 -m venv "$VENV"; }
+  [ "$(cat "$VENV/.airut-stamp" 2>/dev/null)" != "$stamp" ] || continue
+  step "python packages in $v"
+  if [ $v = venv ]; then
+    retry 3 "$VENV/bin/pip" install -q -e "$REPO[test]"
+  else
+    # wheel: up.sh builds airut without build isolation (no network in the guest run)
+    retry 3 "$VENV/bin/pip" install -q wheel "$REPO" && "$VENV/bin/pip" uninstall -q -y airut
+  fi
+  echo "$stamp" > "$VENV/.airut-stamp"
+done
+
+CLAUDE_DIR=$AIRUT_LAB/claude/$CLAUDE_CODE_VERSION
+if [ ! -x "$CLAUDE_DIR/claude" ]; then
+  step "Claude Code CLI $CLAUDE_CODE_VERSION (npm)"
+  rm -rf "$CLAUDE_DIR.npm"
+  retry 3 npm install -g --silent --no-fund --no-audit --prefix "$CLAUDE_DIR.npm" \
+    "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+  bin=$(find "$CLAUDE_DIR.npm" -path '*claude-code-linux-x64*/claude*' -type f -perm -u+x | head -1)
+  [ -n "$bin" ] || { echo "native claude binary not found in the npm package" >&2; exit 1; }
+  mkdir -p "$CLAUDE_DIR"
+  cp "$bin" "$CLAUDE_DIR/claude.part" && mv "$CLAUDE_DIR/claude.part" "$CLAUDE_DIR/claude"
+  rm -rf "$CLAUDE_DIR.npm"
+  "$CLAUDE_DIR/claude" --version
+fi
+step "lab ready in $AIRUT_LAB"

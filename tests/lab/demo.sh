@@ -1,0 +1,59 @@
+#!/bin/bash
+# demo.sh : `make demo`. Builds the lab if needed, boots the guest with airut's
+# daemons running as systemd units, creates a sample git repository, submits a task
+# through the local channel to the offline demo model, and shows what happened.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lab.env"
+RUN=$AIRUT_LAB/demo
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+bash "$HERE/build.sh"
+bash "$HERE/down.sh" 10 2>/dev/null || true
+rm -rf "$RUN"
+say "booting the guest (systemd-nspawn, systemd 252, podman)"
+bash "$HERE/up.sh" "$RUN" >/dev/null
+G="$HERE/guest.sh"
+
+say "a sample repository: /srv/git/demo.git"
+$G sh -ec 'rm -rf /tmp/seed && mkdir -p /srv/git /tmp/seed && cd /tmp/seed && git init -q -b main
+  printf "# Demo project\n\nA repository for airut'"'"'s demo.\n" > README.md
+  git add README.md && git -c user.name=Demo -c user.email=demo@example.com commit -qm "Start the demo project"
+  git clone -q --bare /tmp/seed /srv/git/demo.git'
+
+say "configuration: /etc/airut/airut.yaml"
+install -D -m644 "$HERE/demo.yaml" "$AIRUT_LAB/guest/etc/airut/airut.yaml"
+$G airut check-config
+
+say "starting airut.target"
+$G systemctl daemon-reload
+$G systemctl enable -q airut.target airut-runner.service airut-demo-model.service
+$G systemctl start airut.target airut-demo-model.service
+$G systemctl --no-pager list-units 'airut*'
+
+say "airut submit --repo demo \"Have a look around and leave a note.\""
+reply=$($G airut submit --json --repo demo "Have a look around and leave a note.")
+python3 - "$reply" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print(r["text"])
+print(f"\noutcome: {r['outcome']}   conversation: {r['conversation_id']}   task: {r['task_id']}")
+print(f"the task ran in the transient unit: {r['unit']}")
+PY
+task=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["task_id"])' "$reply")
+conv=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conversation_id"])' "$reply")
+
+say "journalctl AIRUT_TASK=$task"
+$G journalctl --no-pager -o short AIRUT_TASK="$task" | grep -v ' podman\[' || true
+
+say "the agent's workspace: /var/lib/airut/conversations/$conv/workspace"
+$G sh -c "cd /var/lib/airut/conversations/$conv/workspace && git status --short && cat NOTES.md"
+
+cat <<MSG
+
+The guest keeps running. Try:
+  $HERE/guest.sh airut submit --conversation $conv "Thanks, anything else?"
+  $HERE/guest.sh systemctl status airut-runner
+  $HERE/guest.sh journalctl -f AIRUT_CONVERSATION=$conv
+Stop it with: make lab-down
+MSG

@@ -1,0 +1,20 @@
+#!/bin/bash
+# install-units.sh GUEST_ROOT : put airut's units into the guest, pointed at the lab venv.
+# The unit files are the shipped ones; a drop-in only swaps /usr/bin/X for the venv's X.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+. "$HERE/lab.env"
+ROOT=$1
+SYS=$ROOT/etc/systemd/system
+install -m644 "$REPO"/units/*.service "$REPO"/units/*.target "$REPO"/units/*.slice "$SYS/"
+for unit in "$REPO"/units/*.service; do
+  name=$(basename "$unit")
+  exe=$(sed -n 's|^ExecStart=/usr/bin/\([^ ]*\).*|\1|p' "$unit")
+  [ -n "$exe" ] || continue
+  args=$(sed -n 's|^ExecStart=/usr/bin/[^ ]*||p' "$unit")
+  mkdir -p "$SYS/$name.d"
+  printf '[Service]\nExecStart=\nExecStart=%s/bin/%s%s\nEnvironment=PYTHONDONTWRITEBYTECODE=1\n' \
+    "$AIRUT_LAB/guest-venv" "$exe" "$args" > "$SYS/$name.d/lab.conf"
+done
+ln -sf "$AIRUT_LAB/guest-venv/bin/airut" "$ROOT/usr/local/bin/airut"
