@@ -16,7 +16,7 @@ from airut_core import conversation
 from airut_core.config import Config, ConfigError
 from airut_core.paths import Spool
 from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
-from airut_core.spool import Doorbell, RecordError, new_name
+from airut_core.spool import Doorbell, RecordError, Stage, new_name
 
 CHANNEL = "local"
 
@@ -53,8 +53,15 @@ def submit(cfg: Config, text: str, repo: str | None = None, conversation_id: str
     task = TaskRecord(repo=repo, channel=CHANNEL, reply_to=sender(), sender=sender(), text=text,
                       conversation_id=conversation_id, model=model,
                       attachments_dir=attachments_dir)
-    Spool(cfg.paths.spool).incoming.put(task.task_id, task.to_dict())
+    _write(Spool(cfg.paths.spool).incoming, task.task_id, task.to_dict())
     return task
+
+
+def _write(stage: Stage, name: str, record: dict) -> None:
+    try:
+        stage.ensure().put(name, record)
+    except OSError as e:
+        raise SubmitError(f"cannot write to the spool at {stage.path}: {e.strerror}") from e
 
 
 def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None,
@@ -83,7 +90,7 @@ def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None,
 
 def request_stop(cfg: Config, task_id: str) -> None:
     control = ControlRecord(task_id=task_id, requested_by=sender())
-    Spool(cfg.paths.spool).control.put(new_name(), control.to_dict())
+    _write(Spool(cfg.paths.spool).control, new_name(), control.to_dict())
 
 
 def read_text(arg: str) -> str:

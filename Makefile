@@ -1,0 +1,30 @@
+# The two commands of README.md: `make demo` and `make test` (both as root).
+SHELL := /bin/bash
+export AIRUT_LAB ?= /var/lib/airut-lab
+PY := $(AIRUT_LAB)/venv/bin/python
+
+.PHONY: test demo lab lab-down lint unit system bench
+
+test: lab lint
+	$(PY) -m pytest tests
+
+demo:
+	bash tests/lab/demo.sh
+
+lab:
+	bash tests/lab/build.sh
+
+lab-down:
+	bash tests/lab/down.sh
+
+lint: lab
+	$(PY) -m ruff check .
+
+unit: lab
+	$(PY) -m pytest tests/unit
+
+system: lab
+	$(PY) -m pytest tests/system
+
+bench: lab
+	$(PY) -m bench.dispatch

@@ -1,0 +1,19 @@
+"""One lab guest for the whole system-test session, torn down at the end."""
+
+import os
+
+import pytest
+
+from tests.system.lab import Lab, base_config
+
+LIMITED = {"resource_limits": {"memory": "320M", "timeout": 10, "cpus": 1.0, "pids_limit": 256}}
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.fail("system tests boot a systemd-nspawn guest and need root")
+    lab = Lab()
+    lab.up(base_config(demo={}, small=LIMITED, broken={"repo_url": "/srv/git/missing.git"}))
+    yield lab
+    lab.down()

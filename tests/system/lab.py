@@ -1,0 +1,166 @@
+"""The system-test lab: a systemd-nspawn guest running real systemd, podman and airut.
+
+The guest's root filesystem is a directory on the host, and the guest's
+/var/spool/airut and /var/lib/airut are bound from a fresh run directory, so the
+tests read spool records and workspaces straight from the host while everything
+that matters (units, containers, the Claude Code CLI) runs inside the guest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+LAB_DIR = Path(__file__).resolve().parent.parent / "lab"
+
+
+def lab_env() -> dict[str, str]:
+    out = subprocess.run(["bash", "-c", f". {LAB_DIR}/lab.env; env"], capture_output=True,
+                         text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+class Lab:
+    def __init__(self) -> None:
+        env = lab_env()
+        self.home = Path(env["AIRUT_LAB"])
+        self.name = env["AIRUT_GUEST"]
+        self.root = self.home / "guest"
+        self.run = self.home / "test-run"
+        self.spool = self.run / "spool"
+        self.state = self.run / "state"
+        self.leader: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def up(self, config: dict) -> None:
+        if not (self.root / ".complete").exists():
+            raise RuntimeError(f"no lab guest in {self.root}: run `make lab` (tests/lab/build.sh)")
+        self.down()
+        shutil.rmtree(self.run, ignore_errors=True)
+        self.scenario_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.scenario_dir.glob("*.json"):
+            old.unlink()
+        self.write_config(config)
+        (self.root / "var/lib/private/airut-demo-model/requests.jsonl").unlink(missing_ok=True)
+        out = subprocess.run(["bash", str(LAB_DIR / "up.sh"), str(self.run)], check=True,
+                             capture_output=True, text=True)
+        self.leader = out.stdout.split()[-1]
+        self.guest("sh", "-ec", SEED_REPO)
+        self.guest("systemctl", "daemon-reload")
+        self.guest("systemctl", "start", "airut-demo-model.service", "airut-runner.service")
+
+    def down(self) -> None:
+        subprocess.run(["bash", str(LAB_DIR / "down.sh"), "10"], capture_output=True)
+        self.leader = None
+
+    def write_config(self, config: dict) -> None:
+        path = self.root / "etc/airut/airut.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config))
+
+    # -- commands in the guest -----------------------------------------------------
+
+    def guest(self, *cmd: str, check: bool = True, timeout: float = 120,
+              input: str | None = None) -> subprocess.CompletedProcess:
+        assert self.leader, "the lab guest is not up"
+        result = subprocess.run(["nsenter", "-t", self.leader, "-a", *cmd], capture_output=True,
+                                text=True, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n"
+                                 f"stdout: {result.stdout}\nstderr: {result.stderr}")
+        return result
+
+    def submit(self, text: str, repo: str | None = None, conversation: str | None = None,
+               timeout: float = 120) -> dict:
+        """`airut submit` in the guest; returns the reply record."""
+        target = ["--repo", repo] if repo else ["--conversation", conversation]
+        out = self.guest("airut", "submit", "--json", "--timeout", str(timeout), *target, text,
+                         check=False, timeout=timeout + 10)
+        if out.returncode not in (0, 1):
+            raise AssertionError(f"airut submit exited {out.returncode}: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def submit_no_wait(self, text: str, repo: str) -> str:
+        return self.guest("airut", "submit", "--no-wait", "--repo", repo, text).stdout.strip()
+
+    def wait_reply(self, task: str, timeout: float = 120) -> dict:
+        out = self.guest("airut", "wait", "--json", "--timeout", str(timeout), task, check=False,
+                         timeout=timeout + 10)
+        if out.returncode not in (0, 1):
+            raise AssertionError(f"airut wait exited {out.returncode}: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def task_units(self) -> list[str]:
+        out = self.guest("systemctl", "list-units", "--plain", "--no-legend", "airut-task-*")
+        return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+    def wait_for_unit(self, task: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for unit in self.task_units():
+                if task in unit:
+                    return unit
+            time.sleep(0.1)
+        raise AssertionError(f"no unit for task {task} within {timeout} s")
+
+    def unit_properties(self, unit: str, *names: str) -> dict[str, str]:
+        out = self.guest("systemctl", "show", unit, "-p", ",".join(names)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, *matches: str) -> str:
+        return self.guest("journalctl", "--no-pager", "-o", "cat", *matches).stdout
+
+    # -- the demo model -------------------------------------------------------------
+
+    @property
+    def scenario_dir(self) -> Path:
+        return self.root / "etc/airut/demo-scenarios"
+
+    def scenario(self, name: str, turns: list[dict] | None = None, **extra: object) -> str:
+        """Define a demo-model scenario; returns the marker that selects it in a prompt."""
+        data = {"turns": turns or [], **extra}
+        tmp = self.scenario_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(data))
+        os.rename(tmp, self.scenario_dir / f"{name}.json")
+        return f"[[scenario:{name}]]"
+
+    def model_requests(self) -> list[dict]:
+        out = self.guest("cat", "/var/lib/airut-demo-model/requests.jsonl", check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # -- state on the host ------------------------------------------------------------
+
+    def conversation(self, conversation_id: str) -> dict:
+        return json.loads((self.conversation_dir(conversation_id) / "conversation.json")
+                          .read_text())
+
+    def conversation_dir(self, conversation_id: str) -> Path:
+        return self.state / "conversations" / conversation_id
+
+
+SEED_REPO = """
+rm -rf /tmp/seed /srv/git/demo.git && mkdir -p /srv/git /tmp/seed && cd /tmp/seed
+git init -q -b main
+printf '# Test project\\n' > README.md
+git add README.md
+git -c user.name=Test -c user.email=test@example.com commit -qm 'Start'
+git clone -q --bare /tmp/seed /srv/git/demo.git
+"""
+
+
+def base_config(**repos: dict) -> dict:
+    """A configuration for the lab: the demo model as the API, quick retries."""
+    default_repo = {"repo_url": "/srv/git/demo.git",
+                    "secrets": {"ANTHROPIC_API_KEY": "sk-ant-test-key"}}
+    return {
+        "agent": {"api_base_url": "http://10.88.0.1:8765"},
+        "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5},
+        "repos": {name: {**default_repo, **settings} for name, settings in repos.items()},
+    }

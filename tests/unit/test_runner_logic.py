@@ -1,0 +1,161 @@
+"""The runner's pure logic: stream-json reading, outcomes, the podman and unit lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airut_core.config import ResourceLimits
+from airut_runner import container, outcome, prompt, stream
+from airut_runner.outcome import Exit
+from airut_runner.units import TaskUnit
+from tests.unit.test_records_config import task
+
+
+def events(*items: dict | str) -> list[str]:
+    return [i if isinstance(i, str) else json.dumps(i) for i in items]
+
+
+def say(text: str) -> dict:
+    return {"type": "assistant", "session_id": "s1",
+            "message": {"content": [{"type": "text", "text": text}]}}
+
+
+def tool() -> dict:
+    return {"type": "assistant", "message": {"content": [{"type": "tool_use", "name": "Bash"}]}}
+
+
+def result(text: str = "", **extra) -> dict:
+    return {"type": "result", "session_id": "s1", "result": text, "total_cost_usd": 0.5,
+            "num_turns": 3, "duration_ms": 1500, "usage": {"input_tokens": 10,
+                                                           "output_tokens": 5}, **extra}
+
+
+def test_reply_is_the_last_assistant_text():
+    summary = stream.parse(events({"type": "system", "subtype": "init", "session_id": "s1"},
+                                  say("first"), tool(), say("final answer"), result("final")))
+    assert summary.session_id == "s1"
+    assert summary.reply_text() == "final answer"
+    assert summary.usage() == {"cost_usd": 0.5, "turns": 3, "duration_ms": 1500,
+                               "input_tokens": 10, "output_tokens": 5}
+
+
+def test_a_much_longer_recent_text_anchors_the_reply():
+    long = "Here is the full report. " * 10
+    summary = stream.parse(events(say(long), tool(), say("Done.")))
+    assert summary.reply_text() == f"{long.strip()}\n\nDone."
+
+
+def test_anchor_only_looks_four_texts_back():
+    long = "x" * 500
+    summary = stream.parse(events(say(long), *[say("short") for _ in range(5)]))
+    assert summary.reply_text() == "short"
+
+
+def test_several_results_are_joined():
+    summary = stream.parse(events(say("a"), result("one"), result("two")))
+    assert summary.reply_text() == "one\n\ntwo"
+
+
+def test_without_assistant_text_the_result_is_used_then_a_placeholder():
+    assert stream.parse(events(result("only result"))).reply_text() == "only result"
+    assert stream.parse([]).reply_text() == stream.NO_OUTPUT
+
+
+def test_non_json_lines_become_the_error_tail():
+    summary = stream.parse(events("Error: image not known", "", {"type": "system"}))
+    assert summary.error_tail() == "Error: image not known"
+    summary = stream.parse(events(result("API Error: 500 boom", is_error=True)))
+    assert summary.is_error and summary.error_tail() == "API Error: 500 boom"
+
+
+@pytest.mark.parametrize(("exit", "stop", "expected"), [
+    (Exit(service_result="success", exit_status="0"), False, "success"),
+    (Exit(service_result="exit-code", exit_status="1"), False, "failed"),
+    (Exit(service_result="timeout", exit_status="15"), False, "timeout"),
+    (Exit(service_result="oom-kill"), False, "out_of_memory"),  # cgroup v2
+    (Exit(service_result="exit-code", exit_status="137", memory_limit_hits=12), False,
+     "out_of_memory"),  # cgroup v1: killed while at the limit
+    (Exit(service_result="exit-code", exit_status="137"), False, "failed"),  # killed, not OOM
+    (Exit(service_result="success", oom_kills=1), False, "out_of_memory"),
+    (Exit(service_result="signal", exit_status="TERM"), True, "stopped"),
+    (Exit(service_result="lost"), False, "failed"),
+])
+def test_outcome_classification(exit, stop, expected):
+    assert outcome.classify(exit, stop) == expected
+
+
+def test_marker_becomes_exit():
+    marker = {"service_result": "exit-code", "exit_status": "137", "memory_limit_hits": 3,
+              "task_id": "t"}
+    assert Exit.from_marker(marker).out_of_memory
+
+
+def test_reply_texts_tell_the_user_what_happened():
+    limits = ResourceLimits(memory=512 << 20, timeout=600)
+    ok = stream.parse(events(say("All done."), result("All done.")))
+    assert outcome.reply_text("success", ok, limits) == (
+        "All done.\n\n*Cost: $0.5000 · 3 turns · 1.5 s*")
+    assert "512 MiB" in outcome.reply_text("out_of_memory", ok, limits)
+    assert "after 10 min" in outcome.reply_text("timeout", ok, limits)
+    failed = stream.parse(events("Error: no such image"))
+    text = outcome.reply_text("failed", failed, limits)
+    assert "error occurred" in text and "```\nError: no such image\n```" in text
+
+
+def test_podman_command_line(tmp_path):
+    run = container.AgentRun(container_name="airut-t1", conversation_dir=tmp_path, image="img",
+                             claude_binary="/cache/claude", network="podman", model="opus",
+                             env_file=tmp_path / "t1.env", effort="high",
+                             resume_session="s1")
+    argv = run.argv()
+    assert argv[:6] == ["/usr/bin/podman", "run", "--rm", "--init", "--cgroups=split",
+                        "--interactive"]
+    for sub, target in container.MOUNTS:
+        assert f"--volume={tmp_path / sub}:{target}:rw" in argv
+    assert "--volume=/cache/claude:/opt/claude/claude:ro" in argv
+    tail = argv[argv.index("img") + 1:]
+    assert tail == ["/opt/claude/claude", "--resume", "s1", "--model", "opus", "--effort",
+                    "high", "-p", "-", "--output-format", "stream-json", "--verbose",
+                    "--dangerously-skip-permissions"]
+
+
+def test_container_environment_forces_the_sandbox_settings():
+    text = container.env_file_text({"ANTHROPIC_API_KEY": "k", "IS_SANDBOX": "0"},
+                                   "http://model:8765")
+    env = dict(line.split("=", 1) for line in text.splitlines())
+    assert env["ANTHROPIC_API_KEY"] == "k"
+    assert env["ANTHROPIC_BASE_URL"] == "http://model:8765"
+    assert env["IS_SANDBOX"] == "1"
+    assert env["CLAUDE_CODE_DISABLE_BACKGROUND_TASKS"] == "1"
+    with pytest.raises(ValueError, match="cannot be passed"):
+        container.env_file_text({"K": "two\nlines"}, None)
+
+
+def test_task_unit_properties(tmp_path):
+    unit = TaskUnit(name="airut-task-c-t.service", argv=["/usr/bin/podman", "run", "$HOME"],
+                    stdin_file=tmp_path / "p", stdout_file=tmp_path / "e", spool_dir="/spool",
+                    task_id="t", conversation_id="c", repo="r",
+                    limits=ResourceLimits(timeout=60, memory=256 << 20, cpus=0.5,
+                                          pids_limit=64), stop_grace=7)
+    props = unit.properties()
+    assert props[b"MemoryMax"] == 256 << 20
+    assert props[b"CPUQuotaPerSecUSec"] == 500_000
+    assert props[b"TasksMax"] == 64
+    assert props[b"RuntimeMaxUSec"] == 60_000_000
+    assert props[b"TimeoutStopUSec"] == 7_000_000
+    assert props[b"Slice"] == b"airut-tasks.slice"
+    assert props[b"LogExtraFields"] == [b"AIRUT_TASK=t", b"AIRUT_CONVERSATION=c",
+                                        b"AIRUT_REPO=r"]
+    # systemd would expand $HOME: a literal dollar is doubled.
+    assert props[b"ExecStart"][0][1][-1] == b"$$HOME"
+    assert props[b"ExecStopPost"][0][1][-3:] == [b"airut_runner.task_exit", b"/spool", b"t"]
+
+
+def test_prompt_carries_sender_and_time():
+    text = prompt.compose([task(created="2026-11-26T18:55:01.000+00:00", sender="ann@x")],
+                          ["a.txt"])
+    assert "the airut command line" in text
+    assert "/inbox/: a.txt" in text
+    assert text.endswith("[ann@x 2026-11-26 18:55:01 UTC]\nhi\n")
