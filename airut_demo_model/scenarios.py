@@ -38,6 +38,13 @@ BUILTIN: dict[str, dict[str, Any]] = {
         ]
     },
     "echo": {"turns": [{"text": "You said: {prompt}"}]},
+    # The API's failure modes, for trying out how airut reports them.
+    "error-401": {"error": {"status": 401, "type": "authentication_error",
+                            "message": "invalid x-api-key"}},
+    "error-429": {"error": {"status": 429, "type": "rate_limit_error",
+                            "message": "Number of requests has exceeded your rate limit"}},
+    "error-529": {"error": {"status": 529, "type": "overloaded_error", "message": "Overloaded"}},
+    "stall": {"stall_seconds": 600, "turns": [{"text": "Sorry, that took a while."}]},
 }
 
 

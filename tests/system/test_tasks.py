@@ -163,3 +163,20 @@ def test_task_failing_three_times_is_quarantined_with_its_reasons(lab):
     assert len(record["failures"]) == 3
     assert all("cannot clone" in f["reason"] for f in record["failures"])
     assert not (lab.spool / "active" / f"{reply['task_id']}.json").exists()
+
+
+def test_unreadable_record_is_quarantined_and_the_runner_goes_on(lab):
+    incoming = lab.spool / "incoming"
+    (incoming / "20200101T000000000-badbad.json").write_text('{"schema": "airut.task/1", "te')
+    (incoming / "20200101T000000001-badbad.json").write_text(json.dumps(
+        {"schema": "airut.task/1", "repo": "demo", "channel": "../../etc", "reply_to": "x",
+         "sender": "x", "text": "x", "task_id": "20200101T000000001-badbad"}))
+    marker = lab.scenario("after-bad", [{"text": "still here"}])
+    reply = lab.submit(f"{marker} are you alive?", repo="demo")
+    assert reply["outcome"] == "success" and reply["text"].startswith("still here")
+    failed = lab.spool / "failed"
+    assert (failed / "incoming/20200101T000000000-badbad.json").exists()
+    assert (failed / "active/20200101T000000001-badbad.json").exists()
+    journal = lab.journal("-u", "airut-runner")
+    assert "not valid JSON" in journal
+    assert "not a valid channel name" in journal

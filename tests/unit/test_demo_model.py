@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 
 import pytest
 
@@ -111,3 +112,29 @@ def test_tool_turn_without_that_tool_falls_back_to_text(model):
     message = json.loads(text)
     assert message["content"][0]["type"] == "text"
     assert "does not offer" in message["content"][0]["text"]
+
+
+def test_builtin_error_scenarios(model):
+    server, _ = model
+    for status in (401, 429, 529):
+        code, text = post(server, {"messages": [{"role": "user",
+                                                 "content": f"[[scenario:error-{status}]]"}]})
+        assert code == status
+        assert json.loads(text)["type"] == "error"
+
+
+def test_stalled_stream_stops_after_message_start_then_finishes(model):
+    server, scenarios = model
+    (scenarios / "pause.json").write_text(json.dumps({"stall_seconds": 0.5,
+                                                      "turns": [{"text": "late"}]}))
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    started = time.monotonic()
+    conn.request("POST", "/v1/messages", json.dumps(
+        {"stream": True, "messages": [{"role": "user", "content": "[[scenario:pause]]"}]}))
+    response = conn.getresponse()
+    first = response.fp.readline()
+    assert first == b"event: message_start\n"
+    assert time.monotonic() - started < 0.4  # the start arrives at once
+    rest = response.read().decode()
+    assert time.monotonic() - started >= 0.5  # the rest only after the stall
+    assert '"text": "late"' in rest and "message_stop" in rest
