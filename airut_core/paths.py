@@ -40,9 +40,6 @@ class Spool:
     def outgoing(self, channel: str) -> Stage:
         return Stage(self.root / "outgoing" / _checked(CHANNEL, channel, "channel"))
 
-    def deferred(self, channel: str) -> Stage:
-        return Stage(self.root / "deferred" / _checked(CHANNEL, channel, "channel"))
-
     def failed(self, stage: str) -> Stage:
         return Stage(self.root / "failed" / stage)
 

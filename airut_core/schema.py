@@ -180,8 +180,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, int | float):
         return f"the number {value}"
     return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
-
-
-def to_dict(obj: Any) -> Any:
-    """An instance back to plain data (for JSON)."""
-    return dataclasses.asdict(obj)

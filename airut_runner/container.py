@@ -5,7 +5,8 @@ storage, plus the Claude Code binary read-only; nothing else of the host. The
 prompt arrives on stdin and stream-json leaves on stdout (the unit wires both to
 files). `--cgroups=split` keeps the container inside the task unit's cgroup, so
 the unit's MemoryMax/CPUQuota/TasksMax apply to the agent itself; `--init` makes
-a stop take milliseconds instead of the full stop timeout.
+a stop take milliseconds instead of the full stop timeout. `--pull=never`: a missing
+image is an immediate, clear error, not minutes of retrying an unreachable registry.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class AgentRun:
 
     def argv(self) -> list[str]:
         cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
-               "--log-driver=none", f"--name={self.container_name}",
+               "--log-driver=none", "--pull=never", f"--name={self.container_name}",
                f"--network={self.network}", "--workdir=/workspace",
                f"--env-file={self.env_file}"]
         for sub, target in MOUNTS:
