@@ -89,6 +89,11 @@ def _print_reply(reply: ReplyRecord, as_json: bool) -> None:
         print(json.dumps(reply.to_dict(), indent=1))
         return
     print(reply.text)
+    if reply.attachments:
+        print(f"\nfiles: {', '.join(reply.attachments)} (in {reply.attachments_dir})")
+    if reply.merged_task_ids:
+        print(f"\n(answers merged messages: {', '.join(reply.merged_task_ids)})",
+              file=sys.stderr)
     print(f"\n[{reply.outcome}] conversation {reply.conversation_id} · task {reply.task_id}"
           f" · unit {reply.unit or '-'}\ncontinue with: airut submit --conversation "
           f"{reply.conversation_id} \"...\"", file=sys.stderr)

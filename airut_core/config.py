@@ -8,6 +8,7 @@ Secrets can stay out of the file: `api_key: !env ANTHROPIC_API_KEY`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -15,9 +16,11 @@ from typing import Annotated
 import yaml
 
 from airut_core import paths, schema
-from airut_core.schema import EnvRef, OneOf, Range, Size
+from airut_core.schema import EnvRef, Match, OneOf, Range, Size
 
 CLAUDE_CODE_VERSION = "2.1.332"
+# Relative, and no ".." component: it names a directory inside the repository.
+RELATIVE_PATH = re.compile(r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\0]+$")
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,9 @@ class RepoConfig:
     effort: Annotated[str, OneOf(("low", "medium", "high", "max"))] | None = None
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
     secrets: dict[str, str] = field(default_factory=dict)  # environment of the agent
+    # Dockerfile and build context, read from the default branch of the repository.
+    container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
+                                         "repository")] = ".airut/container"
 
 
 @dataclass
@@ -51,6 +57,12 @@ class AgentConfig:
     # Where the agent sends model requests; unset means Anthropic's API. The
     # offline demo model is http://<podman gateway>:8765.
     api_base_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment, every agent
+    # Container root is this host uid (and gid); the container's ids map to the 65536
+    # ids from here. Keep the range out of /etc/subuid ranges of other users.
+    host_uid_base: Annotated[int, Range(min=65536, max=4_294_901_759)] = 1_000_000_000
+    image_max_age_hours: Annotated[float, Range(min=0)] = 24.0  # rebuild older images
+    build_timeout: Annotated[int, Range(min=10)] = 1800  # seconds per image build
 
 
 @dataclass
@@ -59,6 +71,8 @@ class ExecutionConfig:
     retry_delay: Annotated[float, Range(min=0)] = 10.0  # before retrying a failed start
     stop_grace: Annotated[int, Range(min=1)] = 10  # SIGTERM to SIGKILL, seconds
     reply_max_age_days: Annotated[float, Range(min=0.001)] = 7.0  # unclaimed local replies
+    conversation_max_age_days: Annotated[float, Range(min=0.001)] = 7.0  # since last activity
+    outbox_max_bytes: Annotated[int, Size] = 25 << 20  # files sent with one reply
 
 
 @dataclass

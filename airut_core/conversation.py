@@ -17,6 +17,7 @@ from airut_core import paths, schema
 from airut_core.spool import dump, utc_now, write_atomic
 
 FILE = "conversation.json"
+LAST_REPLY_CHARS = 3000
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Conversation:
     created: str = field(default_factory=utc_now)
     session_id: str | None = None  # the agent session to --resume
     replies: list[ReplySummary] = field(default_factory=list)
+    # The latest successful answer, cut to LAST_REPLY_CHARS: the context a fresh
+    # session gets when the old one cannot be resumed.
+    last_reply: str = ""
 
     def replied_to(self, task_id: str) -> bool:
         return any(r.task_id == task_id for r in self.replies)

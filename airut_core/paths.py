@@ -24,6 +24,7 @@ class Spool:
     incoming/           ingest daemons and `airut submit`     (new task records)
     active/             airut-runner                          (claimed tasks)
     finished/           task units' ExecStopPost              (how a task unit ended)
+    builds/             image build units' ExecStopPost       (how an image build ended)
     outgoing/<channel>/ airut-runner                          (reply records)
     control/            airut-web and `airut stop`            (stop requests)
     deferred/<channel>/ the channel's daemon                  (replies waiting to retry)
@@ -35,6 +36,7 @@ class Spool:
         self.incoming = Stage(self.root / "incoming")
         self.active = Stage(self.root / "active")
         self.finished = Stage(self.root / "finished")
+        self.builds = Stage(self.root / "builds")
         self.control = Stage(self.root / "control")
 
     def outgoing(self, channel: str) -> Stage:
@@ -44,7 +46,7 @@ class Spool:
         return Stage(self.root / "failed" / stage)
 
     def ensure(self) -> Spool:
-        for stage in (self.incoming, self.active, self.finished, self.control):
+        for stage in (self.incoming, self.active, self.finished, self.builds, self.control):
             stage.ensure()
         return self
 

@@ -21,7 +21,8 @@ ConversationId = Annotated[str, Match(paths.CONVERSATION_ID, "conversation id")]
 Channel = Annotated[str, Match(paths.CHANNEL, "channel name")]
 RepoId = Annotated[str, Match(paths.REPO_ID, "repository id")]
 
-OUTCOMES = ("success", "failed", "out_of_memory", "timeout", "stopped", "rejected")
+OUTCOMES = ("success", "failed", "out_of_memory", "timeout", "stopped", "auth_failed",
+            "rate_limited", "overloaded", "prompt_too_long")
 ENVELOPE = ("schema", "failures", "state")
 
 
@@ -78,7 +79,10 @@ class ReplyRecord(Record):
     reply_to: str
     text: str
     outcome: Annotated[str, OneOf(OUTCOMES)]
-    attachments: list[str] = field(default_factory=list)
+    # Other tasks of the conversation merged into this one: this reply answers them too.
+    merged_task_ids: list[TaskId] = field(default_factory=list)
+    attachments: list[str] = field(default_factory=list)  # file names in attachments_dir
+    attachments_dir: str | None = None
     unit: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=utc_now)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -204,7 +205,8 @@ def failures(record: dict) -> int:
 
 
 class Doorbell:
-    """inotify on spool directories. Only a hint that something changed: always rescan."""
+    """inotify on spool directories, plus ring() for other threads. Only a hint that
+    something changed: the owner always rescans."""
 
     MASK = inotify_simple.flags.MOVED_TO | inotify_simple.flags.CLOSE_WRITE
 
@@ -212,14 +214,28 @@ class Doorbell:
         self._inotify = inotify_simple.INotify()
         for d in dirs:
             self._inotify.add_watch(str(d), self.MASK)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def ring(self) -> None:
+        """Wake the waiting thread (safe from any thread)."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
 
     def wait(self, timeout: float) -> bool:
         """Block until something arrives or timeout seconds pass; True if rung."""
-        events = self._inotify.read(timeout=max(0, int(timeout * 1000)))
-        # Drain what is already queued so one burst costs one rescan.
-        while events and self._inotify.read(timeout=0):
-            pass
-        return bool(events)
+        ready, _, _ = select.select([self._inotify.fileno(), self._wake_r], [], [],
+                                    max(0.0, timeout))
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        if self._inotify.fileno() in ready:
+            # Drain what is queued so one burst costs one rescan.
+            while self._inotify.read(timeout=0):
+                pass
+        return bool(ready)
 
     def close(self) -> None:
         self._inotify.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -5,7 +5,9 @@ A scenario is a list of turns the "model" plays after each user prompt:
   {"text": "Done. {tool_result}"}                 a text turn (ends the agent's run)
 or an error the API returns instead:
   {"error": {"status": 429, "type": "rate_limit_error", "message": "..."}}
-and optionally {"stall_seconds": N}: the stream stops after message_start for N s.
+and optionally {"stall_seconds": N}: the stream stops after message_start for N s;
+{"error_only_when_resumed": true}: the error only for a request carrying earlier
+prompts (a resumed session); a fresh session plays the turns.
 
 The turn to play is derived from the request alone (stateless, so it also works
 for resumed sessions): the number of assistant messages since the latest user
@@ -86,6 +88,7 @@ class Position:
 
     def __init__(self, messages: list[dict]):
         prompts = [i for i, m in enumerate(messages) if _is_prompt(m)]
+        self.resumed = len(prompts) > 1
         start = prompts[-1] if prompts else 0
         self.prompt = "\n".join(_text(b) for b in _blocks(messages[start])) if messages else ""
         self.turn = sum(1 for m in messages[start + 1:] if m.get("role") == "assistant")

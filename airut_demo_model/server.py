@@ -62,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
         position = scenarios.Position(body.get("messages") or [])
         scenario = scenarios.load(self.server.scenario_dir, position.scenario_name())
         error = scenario.get("error")
-        if error:
+        if error and (position.resumed or not scenario.get("error_only_when_resumed")):
             self._json(int(error.get("status", 500)),
                        _error(error.get("type", "api_error"), error.get("message", "error")))
             return

@@ -1,7 +1,7 @@
 """The local channel: tasks from the command line (`airut submit`).
 
 A task record goes into incoming/ like one from email or Slack; the reply comes
-back as outgoing/local/<task>.json, which the waiting command prints and removes.
+back as outgoing/local/<task>.json, which the waiting command prints.
 """
 
 from __future__ import annotations
@@ -64,21 +64,20 @@ def _write(stage: Stage, name: str, record: dict) -> None:
         raise SubmitError(f"cannot write to the spool at {stage.path}: {e.strerror}") from e
 
 
-def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None,
-                   keep: bool = False) -> ReplyRecord | None:
-    """Block until the task's reply arrives; None on timeout. Consumes the reply."""
+def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None) -> ReplyRecord | None:
+    """Block until the task's reply arrives; None on timeout.
+
+    A task merged into a later one of its conversation is answered by that task's
+    reply, which names it in merged_task_ids. Replies stay in the spool (several
+    waiters may want one), and the runner removes them by age.
+    """
     stage = Spool(cfg.paths.spool).outgoing(CHANNEL).ensure()
     bell = Doorbell([stage.path])
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
-            if stage.exists(task_id):
-                try:
-                    reply = ReplyRecord.from_dict(stage.read(task_id), str(stage.file(task_id)))
-                except RecordError as e:
-                    raise SubmitError(str(e)) from e
-                if not keep:
-                    stage.remove(task_id)
+            reply = find_reply(stage, task_id)
+            if reply:
                 return reply
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -86,6 +85,20 @@ def wait_for_reply(cfg: Config, task_id: str, timeout: float | None = None,
             bell.wait(min(left, 5.0) if left is not None else 5.0)
     finally:
         bell.close()
+
+
+def find_reply(stage: Stage, task_id: str) -> ReplyRecord | None:
+    names = [task_id] if stage.exists(task_id) else [n for n in stage.names() if n > task_id]
+    for name in names:
+        try:
+            reply = ReplyRecord.from_dict(stage.read(name), str(stage.file(name)))
+        except FileNotFoundError:
+            continue
+        except RecordError as e:
+            raise SubmitError(str(e)) from e
+        if name == task_id or task_id in reply.merged_task_ids:
+            return reply
+    return None
 
 
 def request_stop(cfg: Config, task_id: str) -> None:

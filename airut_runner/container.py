@@ -7,6 +7,11 @@ files). `--cgroups=split` keeps the container inside the task unit's cgroup, so
 the unit's MemoryMax/CPUQuota/TasksMax apply to the agent itself; `--init` makes
 a stop take milliseconds instead of the full stop timeout. `--pull=never`: a missing
 image is an immediate, clear error, not minutes of retrying an unreachable registry.
+
+Hardening: every capability dropped but the five package managers need, no new
+privileges, and a user namespace mapping container root to an unprivileged host
+uid range (agent.host_uid_base and the 65535 above it), so what the agent creates
+in its workspace is not owned by host root.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ AGENT_ENV = {
     "CLAUDE_CONFIG_DIR": "/root/.claude",  # keep all agent state in the mounted directory
 }
 
+USERNS_SIZE = 65536
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
+
 MOUNTS = (("workspace", "/workspace"), ("claude", "/root/.claude"), ("inbox", "/inbox"),
           ("outbox", "/outbox"), ("storage", "/storage"))
 
@@ -39,6 +47,7 @@ class AgentRun:
     network: str
     model: str
     env_file: Path
+    host_uid_base: int
     effort: str | None = None
     resume_session: str | None = None
 
@@ -46,12 +55,16 @@ class AgentRun:
         cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
                "--log-driver=none", "--pull=never", f"--name={self.container_name}",
                f"--network={self.network}", "--workdir=/workspace",
-               f"--env-file={self.env_file}"]
+               f"--env-file={self.env_file}",
+               "--cap-drop=ALL", f"--cap-add={','.join(CAPABILITIES)}",
+               "--security-opt=no-new-privileges",
+               f"--uidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
+               f"--gidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
+               f"--entrypoint={CLAUDE_IN_CONTAINER}"]
         for sub, target in MOUNTS:
             cmd.append(f"--volume={self.conversation_dir / sub}:{target}:rw")
         cmd.append(f"--volume={self.claude_binary}:{CLAUDE_IN_CONTAINER}:ro")
         cmd.append(self.image)
-        cmd += [CLAUDE_IN_CONTAINER]
         if self.resume_session:
             cmd += ["--resume", self.resume_session]
         cmd += ["--model", self.model]
@@ -62,9 +75,13 @@ class AgentRun:
         return cmd
 
 
-def env_file_text(secrets: dict[str, str], api_base_url: str | None) -> str:
-    """The container's environment as an --env-file: secrets stay out of unit properties."""
-    env = dict(secrets)
+def env_file_text(secrets: dict[str, str], api_base_url: str | None,
+                  extra: dict[str, str] | None = None) -> str:
+    """The container's environment as an --env-file: secrets stay out of unit properties.
+
+    Server-wide agent.env first, then the repository's secrets, then the forced values.
+    """
+    env = {**(extra or {}), **secrets}
     if api_base_url:
         env["ANTHROPIC_BASE_URL"] = api_base_url
     env.update(AGENT_ENV)  # forced values win over repository settings

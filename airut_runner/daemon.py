@@ -1,14 +1,20 @@
 """airut-runner: turns task records into task units and finished units into replies.
 
-One loop, woken by inotify on incoming/, finished/ and control/ and by a timer;
-each wake-up rescans (the doorbell is only a hint):
-  1. finished/<task>: the unit ended -> classify, write the reply, forget the task;
-  2. control/<req>: stop a task;
-  3. a task whose unit vanished without a finished/ marker -> failed reply;
-  4. start what can start: active/ records not running (a crash or a retry), then
-     incoming/ in order, one task per conversation, at most max_concurrent units.
-The runner keeps nothing that matters in memory: after a restart it adopts the
-running units named in active/ and carries on.
+One loop, woken by inotify on incoming/, finished/, builds/ and control/, by its
+worker threads, and by a timer; each wake-up rescans (the doorbell is only a hint):
+  1. finished/<task>: the unit ended -> classify, write the reply (or retry once in a
+     fresh session), forget the task;
+  2. builds/<image>: an image build ended -> start the tasks that waited for it;
+  3. control/<req>: stop a task;
+  4. a running task whose unit vanished without a finished/ marker -> failed reply;
+  5. prepared tasks (mirror refreshed, workspace and image resolved by a worker
+     thread) -> start their unit, or the image build they need;
+  6. claim what can start: active/ records nobody works on (after a crash or a
+     failed attempt), then incoming/ in order: one task per conversation at a time,
+     every message waiting for a conversation merged into its next task, at most
+     execution.max_concurrent tasks in preparation, build or run.
+A task's phase lives in memory only; after a restart the runner adopts running
+units named in active/ and prepares the rest again (preparation is idempotent).
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import sdnotify
@@ -27,16 +36,18 @@ import sdnotify
 from airut_core import config as config_mod
 from airut_core import conversation, log, paths
 from airut_core.config import Config, ConfigError, ResourceLimits
-from airut_core.conversation import ReplySummary
+from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.paths import Spool
 from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
 from airut_core.spool import Doorbell, RecordError, failures, record_failure, utc_now, write_atomic
-from airut_runner import container, outcome, prompt, stream, units, workspace
+from airut_runner import container, images, outbox, outcome, prompt, stream, units, workspace
+from airut_runner.images import ImageSpec
+from airut_runner.mirror import Mirror
 from airut_runner.outcome import Exit
 
 logger = logging.getLogger("airut.runner")
 
-SCAN_INTERVAL = 5.0  # seconds between rescans when no doorbell rings
+SCAN_INTERVAL = 5.0  # seconds between rescans when nothing rings
 JANITOR_INTERVAL = 3600.0
 
 
@@ -44,32 +55,57 @@ class PermanentError(Exception):
     """Retrying cannot help (bad record, unknown repository): quarantine at once."""
 
 
+@dataclass
+class Prepared:
+    """What a worker thread made ready for a task's unit."""
+
+    conversation: Conversation
+    image: ImageSpec
+    build_context: Path | None  # set when the image must be built first
+    rebuild: bool  # the image exists but is stale: build without cache
+
+
 class Runner:
-    def __init__(self, cfg: Config, systemd: units.Systemd | None = None):
+    def __init__(self, cfg: Config, systemd: units.Systemd | None = None,
+                 podman: images.Podman | None = None):
         self.cfg = cfg
         self.spool = Spool(cfg.paths.spool).ensure()
         self.state_dir = Path(cfg.paths.state)
         (self.state_dir / "conversations").mkdir(parents=True, exist_ok=True)
         self.systemd = systemd or units.Systemd()
-        self.running: dict[str, str] = {}  # task id -> unit name
+        self.podman = podman or images.Podman()
+        self.pool = ThreadPoolExecutor(max_workers=cfg.execution.max_concurrent,
+                                       thread_name_prefix="prepare")
+        self.bell: Doorbell | None = None
+        self.running: dict[str, str] = {}  # task -> unit
+        self.preparing: dict[str, Future] = {}
+        self.building: dict[str, ImageSpec] = {}  # task -> the image it waits for
         self.retry_at: dict[str, float] = {}
+        self.image_created: dict[str, float] = {}  # tag -> build time, a cache
+        self.current_images: dict[str, str] = {}  # repo -> tag of its default branch
         self.stopping = False
+        self.reload_requested = False
         self.status = ""
 
     # -- the loop -------------------------------------------------------------
 
     def serve(self) -> None:
         notifier = sdnotify.SystemdNotifier()
-        bell = Doorbell([self.spool.incoming.path, self.spool.finished.path,
-                         self.spool.control.path])
+        self.bell = Doorbell([self.spool.incoming.path, self.spool.finished.path,
+                              self.spool.builds.path, self.spool.control.path])
         workspace.remove_stale(self.state_dir)
         self.adopt()
         self.tick()
         notifier.notify(f"READY=1\nSTATUS={self.describe()}")
-        last_scan = last_janitor = time.monotonic()
+        last_scan = time.monotonic()
+        last_janitor = last_scan - JANITOR_INTERVAL + 60  # first clean-up a minute in
         while not self.stopping:
-            rung = bell.wait(1.0)
+            rung = self.bell.wait(1.0)
             now = time.monotonic()
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+                last_janitor = now
             if rung or now - last_scan >= SCAN_INTERVAL or self._retry_due():
                 self.tick()
                 last_scan = now
@@ -81,13 +117,16 @@ class Runner:
                             else "WATCHDOG=1")
             self.status = status
         notifier.notify("STOPPING=1")
-        bell.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.bell.close()
 
     def tick(self) -> None:
         try:
             self.collect_finished()
+            self.collect_builds()
             self.handle_control()
             self.check_lost()
+            self.collect_prepared()
             self.start_waiting()
         except Exception:
             # A broken bus or a full disk must not kill the loop: say so, retry later.
@@ -96,11 +135,23 @@ class Runner:
 
     def describe(self) -> str:
         waiting = len(self.spool.incoming.names())
-        return f"{len(self.running)} running, {waiting} waiting"
+        parts = [f"{len(self.running)} running"]
+        if self.preparing:
+            parts.append(f"{len(self.preparing)} preparing")
+        if self.building:
+            parts.append(f"{len(self.building)} waiting for an image")
+        return ", ".join(parts) + f", {waiting} waiting"
+
+    def busy(self) -> set[str]:
+        return set(self.running) | set(self.preparing) | set(self.building)
+
+    def _has_slot(self) -> bool:
+        return len(self.busy()) < self.cfg.execution.max_concurrent
 
     def _retry_due(self) -> bool:
         now = time.time()
-        return any(t <= now for t in self.retry_at.values())
+        return any(t <= now for t in self.retry_at.values()) or any(
+            f.done() for f in self.preparing.values())
 
     def _reconnect(self) -> None:
         try:
@@ -113,17 +164,28 @@ class Runner:
 
     def adopt(self) -> None:
         """Find the units of active tasks that outlived a previous runner."""
-        loaded = self.systemd.task_units()
+        merged = set()
+        for name in self.spool.active.names():
+            merged.update(m.get("task_id") for m in self._state(name).get("merged", []))
+        for name in merged & set(self.spool.active.names()):
+            self.spool.active.remove(name)  # merged before a crash; the primary carries it
+        loaded = self.systemd.loaded()
         for name in self.spool.active.names():
             unit = self._state(name).get("unit")
             if unit and unit in loaded:
                 self.running[name] = unit
                 self._log(name).info("adopted running unit %s", unit)
+        try:
+            keep = {f"airut-{name}" for name in self.running}
+            for gone in self.podman.remove_leftover_containers("airut-", keep):
+                logger.info("removed leftover container %s", gone)
+        except Exception as e:
+            logger.warning("cannot look for leftover containers: %s", e)
 
     def check_lost(self) -> None:
         if not self.running:
             return
-        loaded = self.systemd.task_units()
+        loaded = self.systemd.loaded()
         for name, unit in list(self.running.items()):
             # ExecStopPost writes the marker before the unit goes away, and the
             # listing came first: a gone unit without a marker really was lost.
@@ -131,17 +193,31 @@ class Runner:
                 self._log(name).error("unit %s vanished without a result", unit)
                 self.finish(name, Exit(service_result="lost"))
 
-    # -- starting -------------------------------------------------------------
+    # -- claiming -------------------------------------------------------------
 
     def start_waiting(self) -> None:
-        busy = {self._conversation_of(n) for n in self.spool.active.names()} - {None}
+        now = time.time()
         for name in self.spool.active.names():
-            if (name not in self.running and not self.spool.finished.exists(name)
-                    and self.retry_at.get(name, 0) <= time.time() and self._has_slot()):
-                self._attempt(name)
-        for name in self.spool.incoming.names():
+            if (name not in self.busy() and not self.spool.finished.exists(name)
+                    and self.retry_at.get(name, 0) <= now and self._has_slot()):
+                self._prepare(name)
+        taken = {self._conversation_of(n) for n in self.busy()} - {None}
+        for group in self._incoming_groups():
             if not self._has_slot():
                 break
+            conv = group[0][1].get("conversation_id")
+            if conv and conv in taken:
+                continue  # one task per conversation; these merge into its next task
+            name = self._claim(group)
+            if name:
+                if conv:
+                    taken.add(conv)
+                self._prepare(name)
+
+    def _incoming_groups(self) -> list[list[tuple[str, dict]]]:
+        """Waiting records in order, those of one conversation grouped together."""
+        groups: dict[str, list[tuple[str, dict]]] = {}
+        for name in self.spool.incoming.names():
             try:
                 record = self.spool.incoming.read(name)
             except FileNotFoundError:
@@ -150,19 +226,31 @@ class Runner:
                 self._quarantine_unreadable(name, str(e))
                 continue
             conv = record.get("conversation_id")
-            if conv and conv in busy:
-                continue  # one task per conversation at a time, in order
-            if not self.spool.incoming.move_to(name, self.spool.active):
-                continue
+            key = conv if isinstance(conv, str) else f"new:{name}"
+            groups.setdefault(key, []).append((name, record))
+        return list(groups.values())
+
+    def _claim(self, group: list[tuple[str, dict]]) -> str | None:
+        """Claim a conversation's waiting records; the newest carries the others."""
+        claimed = [(n, r) for n, r in group if self.spool.incoming.move_to(n, self.spool.active)]
+        if not claimed:
+            return None
+        name, record = claimed[-1]
+        if len(claimed) > 1:
+            earlier = [{k: v for k, v in r.items() if k != "failures"} for _, r in claimed[:-1]]
+            record.setdefault("state", {})["merged"] = earlier
+            self.spool.active.put(name, record)
+            for other, _ in claimed[:-1]:
+                self.spool.active.remove(other)
+            self._log(name).info("claimed task, merging %d earlier messages: %s",
+                                 len(earlier), ", ".join(n for n, _ in claimed[:-1]))
+        else:
             self._log(name).info("claimed task from incoming/")
-            if conv:
-                busy.add(conv)
-            self._attempt(name)
+        return name
 
-    def _has_slot(self) -> bool:
-        return len(self.running) < self.cfg.execution.max_concurrent
+    # -- preparing (worker threads) -------------------------------------------
 
-    def _attempt(self, name: str) -> None:
+    def _prepare(self, name: str) -> None:
         try:
             record = self.spool.active.read(name)
         except FileNotFoundError:
@@ -170,31 +258,15 @@ class Runner:
         except RecordError as e:
             self._quarantine_unreadable(name, str(e))
             return
-        try:
-            self.launch(name, record)
-            self.retry_at.pop(name, None)
-        except PermanentError as e:
-            self._log(name).error("cannot run task: %s", e)
-            record_failure(self.spool.active, name, record, str(e),
-                           self.spool.failed("active"), limit=1)
-            self._reply_quarantined(name, record, str(e))
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
-            self._log(name).exception("starting task failed (attempt %d)", failures(record) + 1)
-            if record_failure(self.spool.active, name, record, reason,
-                              self.spool.failed("active")):
-                self._reply_quarantined(name, record, reason)
-            else:
-                delay = self.cfg.execution.retry_delay * 2 ** (failures(record) - 1)
-                self.retry_at[name] = time.time() + delay
+        future = self.pool.submit(self.prepare, name, record)
+        if self.bell:
+            future.add_done_callback(lambda _: self.bell.ring())
+        self.preparing[name] = future
 
-    def launch(self, name: str, record: dict) -> None:
-        try:
-            task = TaskRecord.from_dict(record, f"active/{name}")
-        except RecordError as e:
-            raise PermanentError(str(e)) from e
-        if task.task_id != name:
-            raise PermanentError(f"record {name} carries task id {task.task_id}")
+    def prepare(self, name: str, record: dict) -> Prepared:
+        """Worker thread: refresh the mirror, open the conversation, resolve its image,
+        write the prompt and the env file. Touches only this task's files."""
+        task, merged = self._tasks(name, record)
         try:
             repo = self.cfg.repo(task.repo)
         except ConfigError as e:
@@ -203,36 +275,180 @@ class Runner:
         if not claude.is_file():
             raise RuntimeError(f"the Claude Code binary is missing at {claude} "
                                "(agent.claude_binary)")
-        conv = workspace.open_or_create(self.state_dir, task, repo)
-        if task.conversation_id != conv.conversation_id:
-            task.conversation_id = conv.conversation_id
+        mirror = Mirror(self.state_dir, task.repo, repo.repo_url)
+        mirror.update()
+        owner = self.cfg.agent.host_uid_base
+        conv = workspace.open_or_create(self.state_dir, task, repo, mirror, owner)
+        spec = images.resolve(mirror, repo.container_path, self.cfg.agent.image)
+        context, rebuild = None, False
+        if spec.built_here:
+            created = self.image_created.get(spec.tag) or self.podman.image_created(spec.tag)
+            rebuild = created is not None and images.is_stale(
+                created, self.cfg.agent.image_max_age_hours)
+            if created is None or rebuild:
+                context = self.state_dir / "builds" / spec.build_name
+                mirror.export(spec.tree, context)
+            else:
+                self.image_created[spec.tag] = created
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
-        attached = workspace.copy_attachments(task.attachments_dir, cdir / "inbox")
-        prompt_file = cdir / "tasks" / f"{name}.prompt"
-        write_atomic(prompt_file, prompt.compose([task], attached).encode(), mode=0o600)
-        env_file = cdir / "tasks" / f"{name}.env"
-        write_atomic(env_file, container.env_file_text(repo.secrets, self.cfg.agent.api_base_url)
-                     .encode(), mode=0o600)
+        attached = []
+        for t in [*merged, task]:
+            attached += workspace.copy_attachments(t.attachments_dir, cdir / "inbox", owner)
+        fresh = (record.get("state") or {}).get("fresh_retry")
+        text = prompt.compose([*merged, task], attached,
+                              recovery=conv.last_reply if fresh else None)
+        write_atomic(cdir / "tasks" / f"{name}.prompt", text.encode(), mode=0o600)
+        env = container.env_file_text(repo.secrets, self.cfg.agent.api_base_url,
+                                      self.cfg.agent.env)
+        write_atomic(cdir / "tasks" / f"{name}.env", env.encode(), mode=0o600)
+        return Prepared(conv, spec, context, rebuild)
+
+    def collect_prepared(self) -> None:
+        for name, future in list(self.preparing.items()):
+            if not future.done():
+                continue
+            del self.preparing[name]
+            try:
+                prepared = future.result()
+            except Exception as e:
+                self._attempt_failed(name, e)
+                continue
+            self.retry_at.pop(name, None)
+            try:
+                self._remember_conversation(name, prepared.conversation.conversation_id)
+                self.current_images[prepared.conversation.repo] = prepared.image.tag
+                if prepared.build_context:
+                    self._start_build(name, prepared)
+                else:
+                    self.start_unit(name, prepared.conversation, prepared.image)
+            except Exception as e:
+                self._attempt_failed(name, e)
+
+    def _attempt_failed(self, name: str, error: Exception) -> None:
+        try:
+            record = self.spool.active.read(name)
+        except (FileNotFoundError, RecordError):
+            return
+        if isinstance(error, PermanentError):
+            self._log(name).error("cannot run task: %s", error)
+            record_failure(self.spool.active, name, record, str(error),
+                           self.spool.failed("active"), limit=1)
+            self._reply_quarantined(name, record, str(error))
+            return
+        reason = f"{type(error).__name__}: {error}"
+        self._log(name).error("preparing task failed (attempt %d): %s", failures(record) + 1,
+                              reason, exc_info=error)
+        if record_failure(self.spool.active, name, record, reason, self.spool.failed("active")):
+            self._reply_quarantined(name, record, reason)
+        else:
+            delay = self.cfg.execution.retry_delay * 2 ** (failures(record) - 1)
+            self.retry_at[name] = time.time() + delay
+
+    def _remember_conversation(self, name: str, conversation_id: str) -> None:
+        """A new conversation's id goes into the record at once, so a crash does not
+        make a second conversation for the same message."""
+        record = self.spool.active.read(name)
+        if record.get("conversation_id") != conversation_id:
+            record["conversation_id"] = conversation_id
+            self.spool.active.put(name, record)
+
+    # -- images ---------------------------------------------------------------
+
+    def _start_build(self, name: str, prepared: Prepared) -> None:
+        spec = prepared.image
+        repo = prepared.conversation.repo
+        build = images.BuildUnit(spec=spec, context=prepared.build_context, repo=repo,
+                                 spool_dir=str(self.spool.root),
+                                 timeout=self.cfg.agent.build_timeout,
+                                 no_cache=prepared.rebuild)
+        waiting = any(s.tag == spec.tag for s in self.building.values())
+        self.building[name] = spec
+        if waiting or not self.systemd.start(build.name, build.properties()):
+            self._log(name).info("waiting for the image build %s already under way",
+                                 build.name)
+            return
+        self._log(name).info("building image %s in unit %s%s", spec.tag, build.name,
+                             " (stale, without cache)" if prepared.rebuild else "")
+
+    def collect_builds(self) -> None:
+        for build_name in self.spool.builds.names():
+            try:
+                marker = self.spool.builds.read(build_name)
+            except (FileNotFoundError, RecordError):
+                marker = {}
+            waiters = [n for n, s in self.building.items() if s.build_name == build_name]
+            ok = marker.get("service_result") == "success"
+            for name in waiters:
+                spec = self.building.pop(name)
+                if ok:
+                    self.image_created[spec.tag] = time.time()
+                    self._start_waiter(name, spec)
+                else:
+                    self._build_failed(name, spec, marker.get("invocation_id"))
+            if ok:
+                logger.info("image %s built", f"{images.REPO_IMAGE}:{build_name}")
+            self.spool.builds.remove(build_name)
+            _remove_tree(self.state_dir / "builds" / build_name)
+
+    def _start_waiter(self, name: str, spec: ImageSpec) -> None:
+        try:
+            record = self.spool.active.read(name)
+            conv = conversation.load(self.state_dir, record["conversation_id"])
+            self.start_unit(name, conv, spec)
+        except Exception as e:
+            self._attempt_failed(name, e)
+
+    def _build_failed(self, name: str, spec: ImageSpec, invocation: str | None) -> None:
+        tail = "\n".join(_journal_tail(invocation, 15)) if invocation else ""
+        reason = f"the container image {spec.tag} failed to build"
+        self._log(name).error("%s", reason)
+        record = self.spool.active.read(name)
+        record_failure(self.spool.active, name, record, reason, self.spool.failed("active"),
+                       limit=1)
+        task = TaskRecord.from_dict(record)
+        container_path = self.cfg.repos[task.repo].container_path if (
+            task.repo in self.cfg.repos) else ".airut/container"
+        text = (f"The container image for this repository failed to build, so the task could "
+                f"not run. Fix {container_path}/Dockerfile on the default branch, then send "
+                "your message again.")
+        if tail:
+            text += f"\n\nBuild output (end):\n```\n{tail}\n```"
+        self._reply(name, task, text, "failed", merged=self._merged_ids(record))
+
+    # -- running --------------------------------------------------------------
+
+    def start_unit(self, name: str, conv: Conversation, image: ImageSpec) -> None:
+        record = self.spool.active.read(name)
+        task = TaskRecord.from_dict(record, f"active/{name}")
+        repo = self.cfg.repo(task.repo)
+        cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
         events = cdir / "events.jsonl"
         events.touch(mode=0o640)
         unit = units.unit_name(conv.conversation_id, name)
-        state = {"unit": unit, "events_offset": events.stat().st_size, "started": utc_now(),
-                 "stop_requested": False}
-        self.spool.active.put(name, {**task.to_dict(), "state": state,
-                                     "failures": record.get("failures", [])})
+        state = record.setdefault("state", {})
+        if state.get("fresh_retry"):
+            unit = unit.replace(".service", "-fresh.service")
+        state.update({"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
+                      "started": utc_now(), "stop_requested": False,
+                      "resumed": bool(conv.session_id)})
+        self.spool.active.put(name, record)
         run = container.AgentRun(
-            container_name=f"airut-{name}", conversation_dir=cdir, image=self.cfg.agent.image,
-            claude_binary=str(claude), network=self.cfg.agent.network, model=conv.model,
-            env_file=env_file, effort=conv.effort, resume_session=conv.session_id)
-        self.systemd.start(units.TaskUnit(
-            name=unit, argv=run.argv(), stdin_file=prompt_file, stdout_file=events,
-            spool_dir=str(self.spool.root), task_id=name, conversation_id=conv.conversation_id,
-            repo=task.repo, limits=repo.resource_limits,
-            stop_grace=self.cfg.execution.stop_grace))
+            container_name=f"airut-{name}", conversation_dir=cdir, image=image.tag,
+            claude_binary=self.cfg.agent.claude_binary, network=self.cfg.agent.network,
+            model=conv.model, env_file=cdir / "tasks" / f"{name}.env",
+            host_uid_base=self.cfg.agent.host_uid_base, effort=conv.effort,
+            resume_session=conv.session_id)
+        task_unit = units.TaskUnit(
+            name=unit, argv=run.argv(), stdin_file=cdir / "tasks" / f"{name}.prompt",
+            stdout_file=events, spool_dir=str(self.spool.root), task_id=name,
+            conversation_id=conv.conversation_id, repo=task.repo,
+            limits=repo.resource_limits, stop_grace=self.cfg.execution.stop_grace)
+        if not self.systemd.start(unit, task_unit.properties()):
+            raise RuntimeError(f"unit {unit} is already loaded")
         self.running[name] = unit
-        self._log(name, task).info("started unit %s (%s, model %s)", unit,
-                                   "resumed session" if conv.session_id else "new session",
-                                   conv.model)
+        self._log(name, task).info(
+            "started unit %s (image %s, %s, model %s)", unit, image.tag,
+            "resumed session" if conv.session_id else "new session", conv.model)
 
     # -- finishing ------------------------------------------------------------
 
@@ -241,6 +457,8 @@ class Runner:
             if not self.spool.active.exists(name):
                 self.spool.finished.remove(name)  # finished before, marker left by a crash
                 continue
+            if name in self.preparing:
+                continue  # a stop arrived while it was being prepared; handled later
             try:
                 marker = self.spool.finished.read(name)
             except (FileNotFoundError, RecordError):
@@ -251,42 +469,84 @@ class Runner:
         record = self.spool.active.read(name)
         task = TaskRecord.from_dict(record, f"active/{name}")
         state = record.get("state") or {}
-        limits = (self.cfg.repos[task.repo].resource_limits if task.repo in self.cfg.repos
+        repo_id = task.repo
+        limits = (self.cfg.repos[repo_id].resource_limits if repo_id in self.cfg.repos
                   else ResourceLimits())
         summary = stream.RunSummary()
         conv = (conversation.load(self.state_dir, task.conversation_id)
                 if task.conversation_id else None)
-        if conv and "events_offset" in state:
-            cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
+        cdir = paths.conversation_dir(self.state_dir, conv.conversation_id) if conv else None
+        if cdir and "events_offset" in state:
             summary = _read_events(cdir / "events.jsonl", state["events_offset"])
-            (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
-        result = outcome.classify(exit, bool(state.get("stop_requested")))
-        if result == "failed" and not summary.error_tail() and invocation:
-            summary.other_lines.extend(_journal_tail(invocation))
-        if conv:
-            conv.session_id = summary.session_id or conv.session_id
-            if not conv.replied_to(name):
-                usage = summary.usage()
-                conv.replies.append(ReplySummary(
-                    task_id=name, outcome=result, duration_ms=usage.get("duration_ms"),
-                    cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage))
-            conversation.save(self.state_dir, conv)
-        self._reply(name, task, outcome.reply_text(result, summary, limits), result,
-                    unit=state.get("unit"), usage=summary.usage())
-        self.spool.active.remove(name)
-        self.spool.finished.remove(name)
+        result = outcome.classify(exit, bool(state.get("stop_requested")), summary,
+                                  resumed=bool(state.get("resumed")))
         self.running.pop(name, None)
         self.retry_at.pop(name, None)
+        if (result in outcome.RETRY_FRESH and state.get("resumed")
+                and not state.get("fresh_retry") and conv):
+            self._retry_fresh(name, record, conv, result)
+            return
+        if result == "failed" and not summary.error_tail() and invocation:
+            summary.other_lines.extend(_journal_tail(invocation))
+        sent = outbox.Collected()
+        if cdir and result != "timeout":  # after a timeout, partial output waits in /outbox
+            files = self.spool.outgoing(task.channel).path / f"{name}.files"
+            sent = outbox.collect(cdir / "outbox", files,
+                                  self.cfg.execution.outbox_max_bytes)
+        if cdir:
+            (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
+        text = outcome.reply_text(result, summary, limits, repo_id,
+                                  note=outcome.CONTEXT_RESET_NOTE.get(state.get("fresh_retry"),
+                                                                      ""))
+        if sent.notes:
+            text = f"{text}\n\n{sent.note()}"
+        if conv:
+            self._record_reply(conv, name, result, summary)
+        self._reply(name, task, text, result, unit=state.get("unit"), usage=summary.usage(),
+                    merged=self._merged_ids(record), attachments=sent.names)
+        self.spool.active.remove(name)
+        self.spool.finished.remove(name)
         self._log(name, task).info("task finished: %s (%s)", result,
                                    exit.service_result or "not started")
 
+    def _record_reply(self, conv: Conversation, name: str, result: str,
+                      summary: stream.RunSummary) -> None:
+        conv.session_id = summary.session_id or conv.session_id
+        if result == "success":
+            conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
+        if not conv.replied_to(name):
+            usage = summary.usage()
+            conv.replies.append(ReplySummary(
+                task_id=name, outcome=result, duration_ms=usage.get("duration_ms"),
+                cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage))
+        conversation.save(self.state_dir, conv)
+
+    def _retry_fresh(self, name: str, record: dict, conv: Conversation, reason: str) -> None:
+        """The session cannot go on: once, run the task again in a fresh session."""
+        self._log(name).warning("%s: retrying once in a fresh session",
+                                reason.replace("_", " "))
+        conv.session_id = None
+        conversation.save(self.state_dir, conv)
+        state = record.setdefault("state", {})
+        state["fresh_retry"] = reason
+        for key in ("unit", "events_offset", "resumed"):
+            state.pop(key, None)
+        self.spool.active.put(name, record)
+        self.spool.finished.remove(name)
+        self._prepare(name)
+
     def _reply(self, name: str, task: TaskRecord, text: str, result: str,
-               unit: str | None = None, usage: dict | None = None) -> None:
+               unit: str | None = None, usage: dict | None = None,
+               merged: list[str] | None = None, attachments: list[str] | None = None) -> None:
+        stage = self.spool.outgoing(task.channel).ensure()
+        files = stage.path / f"{name}.files"
         reply = ReplyRecord(task_id=name, conversation_id=task.conversation_id, repo=task.repo,
                             channel=task.channel, reply_to=task.reply_to, text=text,
-                            outcome=result, unit=unit, usage=usage or {})
+                            outcome=result, unit=unit, usage=usage or {},
+                            merged_task_ids=merged or [], attachments=attachments or [],
+                            attachments_dir=str(files) if attachments else None)
         # Named by the task: writing it twice replaces it, never duplicates it.
-        self.spool.outgoing(task.channel).ensure().put(name, reply.to_dict())
+        stage.put(name, reply.to_dict())
 
     # -- control --------------------------------------------------------------
 
@@ -300,25 +560,30 @@ class Runner:
                 logger.error("unreadable control request %s: %s", req, e)
                 self.spool.control.move_to(req, self.spool.failed("control").ensure())
                 continue
-            self.stop(control.task_id, control.requested_by)
-            self.spool.control.remove(req)
+            if self.stop(control.task_id, control.requested_by):
+                self.spool.control.remove(req)
 
-    def stop(self, name: str, requested_by: str = "") -> None:
+    def stop(self, name: str, requested_by: str = "") -> bool:
+        """Stop a task; False to try again later (it is being prepared right now)."""
         log_ = self._log(name)
+        who = requested_by or "unknown"
+        if name in self.preparing:
+            return False
         if self.spool.incoming.move_to(name, self.spool.active):
-            log_.info("stopped before it started (requested by %s)", requested_by or "unknown")
+            log_.info("stopped before it started (requested by %s)", who)
             self._mark_stopped(name)
             self.finish(name, Exit())
         elif name in self.running:
             self._mark_stopped(name)
-            log_.info("stopping unit %s (requested by %s)", self.running[name],
-                      requested_by or "unknown")
+            log_.info("stopping unit %s (requested by %s)", self.running[name], who)
             self.systemd.stop(self.running[name])
         elif self.spool.active.exists(name) and not self.spool.finished.exists(name):
+            self.building.pop(name, None)
             self._mark_stopped(name)
             self.finish(name, Exit())
         else:
-            log_.warning("stop requested for a task that is not waiting or running")
+            log_.warning("stop requested by %s for a task that is not waiting or running", who)
+        return True
 
     def _mark_stopped(self, name: str) -> None:
         record = self.spool.active.read(name)
@@ -342,20 +607,93 @@ class Runner:
             return  # nobody to answer
         self._reply(name, task, f"airut could not run this task: {reason}\n\nThe request was "
                                 "set aside for the operator (spool failed/active/); nothing "
-                                "was lost.", "failed")
+                                "was lost.", "failed", merged=self._merged_ids(record))
 
     # -- housekeeping ---------------------------------------------------------
 
+    def reload(self) -> None:
+        """SIGHUP (systemctl reload): read the configuration again, then clean up now."""
+        try:
+            cfg = config_mod.load(self.cfg.source)
+        except ConfigError as e:
+            logger.error("configuration not reloaded, keeping the old one: %s", e)
+        else:
+            self.cfg = cfg
+            logger.info("configuration reloaded from %s", cfg.source)
+        self.janitor()
+
     def janitor(self) -> None:
+        try:
+            self._clean_replies()
+            self._clean_conversations()
+            self._prune_images()
+            for stage in (self.spool.incoming, self.spool.active, self.spool.finished,
+                          self.spool.builds):
+                stage.clean_tmp()
+        except Exception:
+            logger.exception("housekeeping failed; trying again in an hour")
+
+    def _clean_replies(self) -> None:
         max_age = self.cfg.execution.reply_max_age_days * 86400
-        removed = self.spool.outgoing("local").clean(max_age)
+        local = self.spool.outgoing("local")
+        removed = local.clean(max_age)
+        for name in removed:
+            _remove_tree(local.path / f"{name}.files")
         if removed:
-            logger.info("removed %d unclaimed local replies older than %.0f days",
+            logger.info("removed %d unclaimed local replies older than %g days",
                         len(removed), self.cfg.execution.reply_max_age_days)
-        for stage in (self.spool.incoming, self.spool.active, self.spool.finished):
-            stage.clean_tmp()
+
+    def _clean_conversations(self) -> None:
+        max_age = self.cfg.execution.conversation_max_age_days * 86400
+        busy = {self._conversation_of(n) for n in self.spool.active.names()}
+        waiting = {self._incoming_conversation(n) for n in self.spool.incoming.names()}
+        root = self.state_dir / "conversations"
+        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
+            cid = cdir.name
+            if cid.startswith(".") or cid in busy or cid in waiting:
+                continue
+            try:
+                age = time.time() - (cdir / conversation.FILE).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age <= max_age:
+                continue
+            conv = conversation.load(self.state_dir, cid)
+            local = self.spool.outgoing("local")
+            for reply in conv.replies if conv else []:
+                local.remove(reply.task_id)
+                _remove_tree(local.path / f"{reply.task_id}.files")
+            _remove_tree(cdir)
+            logger.info("removed conversation %s (repository %s), idle for %.1f days", cid,
+                        conv.repo if conv else "?", age / 86400,
+                        extra={"conversation": cid, "repo": conv.repo if conv else None})
+
+    def _prune_images(self) -> None:
+        keep = set(self.current_images.values()) | {self.cfg.agent.image}
+        for name in self.spool.active.names():
+            if tag := self._state(name).get("image"):
+                keep.add(tag)
+        removed = self.podman.prune_images(keep)
+        for tag in removed:
+            self.image_created.pop(tag, None)
+        if removed:
+            logger.info("pruned %d unused images: %s", len(removed), ", ".join(removed))
 
     # -- helpers --------------------------------------------------------------
+
+    def _tasks(self, name: str, record: dict) -> tuple[TaskRecord, list[TaskRecord]]:
+        try:
+            task = TaskRecord.from_dict(record, f"active/{name}")
+            merged = [TaskRecord.from_dict(m, f"active/{name} (merged)")
+                      for m in (record.get("state") or {}).get("merged", [])]
+        except RecordError as e:
+            raise PermanentError(str(e)) from e
+        if task.task_id != name:
+            raise PermanentError(f"record {name} carries task id {task.task_id}")
+        return task, merged
+
+    def _merged_ids(self, record: dict) -> list[str]:
+        return [m.get("task_id") for m in (record.get("state") or {}).get("merged", [])]
 
     def _state(self, name: str) -> dict:
         try:
@@ -369,6 +707,12 @@ class Runner:
         except (FileNotFoundError, RecordError):
             return None
 
+    def _incoming_conversation(self, name: str) -> str | None:
+        try:
+            return self.spool.incoming.read(name).get("conversation_id")
+        except (FileNotFoundError, RecordError):
+            return None
+
     def _log(self, name: str, task: TaskRecord | None = None) -> logging.LoggerAdapter:
         if task is None:
             try:
@@ -377,6 +721,10 @@ class Runner:
             except (FileNotFoundError, RecordError):
                 return log.for_task(logger, name)
         return log.for_task(logger, name, task.conversation_id, task.repo)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_events(path: Path, offset: int) -> stream.RunSummary:
@@ -389,7 +737,7 @@ def _read_events(path: Path, offset: int) -> stream.RunSummary:
 
 
 def _journal_tail(invocation: str, lines: int = 10) -> list[str]:
-    """The unit's own stderr (podman's errors), when the agent said nothing useful."""
+    """A unit's own output (podman's errors, a build's log), from the journal."""
     try:
         out = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines),
                               f"_SYSTEMD_INVOCATION_ID={invocation}"],
@@ -414,9 +762,17 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_signal(signum: int, frame: object) -> None:
         runner.stopping = True
+        if runner.bell:
+            runner.bell.ring()
+
+    def on_hangup(signum: int, frame: object) -> None:
+        runner.reload_requested = True
+        if runner.bell:
+            runner.bell.ring()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     logger.info("airut-runner started (pid %d, spool %s, config %s)", os.getpid(),
                 cfg.paths.spool, cfg.source)
     runner.serve()

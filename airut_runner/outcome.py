@@ -2,9 +2,13 @@
 
 Inputs: the finished/ marker the task unit wrote (systemd's SERVICE_RESULT,
 EXIT_CODE, EXIT_STATUS, and the cgroup's OOM counters), whether a stop was
-requested, and the parsed stream-json. Under cgroup v2 systemd reports
-`oom-kill` itself; under v1 (the test lab) a kill by SIGKILL while the cgroup
-hit its memory limit is the sign.
+requested, and the agent's stream-json (its final `result` event names API
+errors: `api_error_status`, `terminal_reason`). Under cgroup v2 systemd reports
+`oom-kill` itself; under v1 a kill by SIGKILL while the cgroup hit its memory
+limit is the sign.
+
+Two results are not outcomes but requests to the runner: PROMPT_TOO_LONG and
+SESSION_LOST mean "run once more in a fresh session with a recovery prompt".
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from airut_core.config import ResourceLimits
 from airut_runner.stream import RunSummary
 
 KILLED = {"137", "9", "KILL"}
+PROMPT_TOO_LONG = "prompt_too_long"
+SESSION_LOST = "session_lost"
+RETRY_FRESH = (PROMPT_TOO_LONG, SESSION_LOST)
 
 
 @dataclass
@@ -36,35 +43,85 @@ class Exit:
         return self.exit_status in KILLED and self.memory_limit_hits > 0
 
 
-def classify(exit: Exit, stop_requested: bool) -> str:
+def classify(exit: Exit, stop_requested: bool, summary: RunSummary | None = None,
+             resumed: bool = False) -> str:
+    summary = summary or RunSummary()
     if stop_requested:
         return "stopped"
     if exit.out_of_memory:
         return "out_of_memory"
     if exit.service_result == "timeout":
         return "timeout"
-    if exit.service_result == "success":
+    status = summary.api_error_status
+    if status in (401, 403):
+        return "auth_failed"
+    if status == 429:
+        return "rate_limited"
+    if status in (503, 529):
+        return "overloaded"
+    if summary.terminal_reason == "prompt_too_long" or summary.result_text.startswith(
+            "Prompt is too long"):
+        return PROMPT_TOO_LONG
+    if resumed and (summary.session_not_found or (status and 400 <= status < 500)):
+        return SESSION_LOST
+    if exit.service_result == "success" and not summary.is_error:
         return "success"
     return "failed"
 
 
-def reply_text(outcome: str, summary: RunSummary, limits: ResourceLimits) -> str:
+def reply_text(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str = "",
+               note: str = "") -> str:
+    body = _body(outcome, summary, limits, repo)
+    return f"{note}\n\n{body}" if note else body
+
+
+def _body(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str) -> str:
+    detail = summary.result_text.strip()
     if outcome == "success":
         return f"{summary.reply_text()}\n\n{usage_footer(summary)}".rstrip()
     if outcome == "out_of_memory":
         return (f"The agent ran out of memory (the limit is {format_bytes(limits.memory)}) and "
                 "was stopped. Work done so far is kept in the workspace: reply to continue, "
                 "perhaps asking for a lighter approach, or ask the operator to raise "
-                "resource_limits.memory for this repository.")
+                f"repos.{repo or '<repository>'}.resource_limits.memory.")
     if outcome == "timeout":
         return (f"The task was stopped after {format_seconds(limits.timeout)}, its time limit. "
                 "Work done so far is kept in the workspace: reply to resume.")
     if outcome == "stopped":
         return "The task was stopped on request. Work done so far is kept: reply to continue."
+    if outcome == "auth_failed":
+        return ("The model credentials were rejected, so your message was not processed. "
+                "The operator needs to fix the API key of this repository "
+                f"(repos.{repo or '<repository>'}.secrets); then send your message again."
+                + _quoted(detail))
+    if outcome in ("rate_limited", "overloaded"):
+        what = ("is rate-limiting this account" if outcome == "rate_limited"
+                else "is overloaded right now")
+        return (f"The model API {what}, so the agent stopped. Nothing was lost: the "
+                "conversation keeps its context and its workspace. Reply in a few minutes "
+                "(\"continue\" is enough) to carry on." + _quoted(detail))
+    if outcome == PROMPT_TOO_LONG:
+        return ("Your message is too long for the model's context window, even in a fresh "
+                "session. Send a shorter message, or put large material in a file in the "
+                "repository and refer to it." + _quoted(detail))
     tail = summary.error_tail()
     text = ("An error occurred while processing your message. To retry, send your "
             "message again.")
     return f"{text}\n\nClaude output:\n```\n{tail}\n```" if tail else text
+
+
+def _quoted(detail: str) -> str:
+    return f"\n\nThe API said: {detail}" if detail else ""
+
+
+CONTEXT_RESET_NOTE = {
+    PROMPT_TOO_LONG: "(The conversation had grown too long for the model's context, so "
+                     "this answer comes from a fresh session that was given your last reply "
+                     "as context. Earlier details may need repeating.)",
+    SESSION_LOST: "(The agent's previous session could not be resumed, so this answer comes "
+                  "from a fresh session that was given your last reply as context. Earlier "
+                  "details may need repeating.)",
+}
 
 
 def usage_footer(summary: RunSummary) -> str:

@@ -1,5 +1,7 @@
 """The text the agent receives on stdin: channel context, then the message(s).
 
+Messages merged into one task each keep their header, in order.
+
 Each message carries its sender and time ("[alice@example.com 2026-11-26
 18:55:01 UTC]"), so merged follow-ups keep their attribution.
 """
@@ -22,13 +24,25 @@ CONTEXT = (
 CHANNELS = {"local": "the airut command line", "email": "email", "slack": "Slack"}
 
 
-def compose(tasks: list[TaskRecord], inbox_files: list[str]) -> str:
+RECOVERY = (
+    "Note: the earlier session of this conversation could not be continued, so you start "
+    "a fresh one; the workspace still holds the earlier work. {previous}"
+)
+
+
+def compose(tasks: list[TaskRecord], inbox_files: list[str],
+            recovery: str | None = None) -> str:
+    """The prompt; recovery (the last reply, possibly "") marks a fresh-session retry."""
     first = tasks[0]
     channel = CHANNELS.get(first.channel.split("-")[0], first.channel)
     parts = [CONTEXT.format(channel=channel)]
     if inbox_files:
         parts[0] += (" The user attached files, saved in /inbox/: "
                      f"{', '.join(sorted(inbox_files))}.")
+    if recovery is not None:
+        previous = (f"Your last reply in it was:\n\n<previous-reply>\n{recovery}\n"
+                    "</previous-reply>" if recovery else "There is no earlier reply to go on.")
+        parts.append(RECOVERY.format(previous=previous))
     for task in tasks:
         parts.append(f"[{task.sender} {_when(task.created)}]\n{task.text}")
     return "\n\n".join(parts) + "\n"

@@ -36,6 +36,24 @@ class RunSummary:
     def is_error(self) -> bool:
         return bool(self.result.get("is_error"))
 
+    @property
+    def result_text(self) -> str:
+        return self.result.get("result") or ""
+
+    @property
+    def api_error_status(self) -> int | None:
+        status = self.result.get("api_error_status")
+        return status if isinstance(status, int) else None
+
+    @property
+    def terminal_reason(self) -> str:
+        return self.result.get("terminal_reason") or ""
+
+    @property
+    def session_not_found(self) -> bool:
+        errors = self.result.get("errors") or []
+        return any("No conversation found with session ID" in str(e) for e in errors)
+
     def reply_text(self) -> str:
         result_texts = [r.get("result") or "" for r in self.results]
         if len(self.results) > 1 and any(result_texts):
@@ -52,7 +70,9 @@ class RunSummary:
 
     def error_tail(self) -> str:
         """The last lines worth showing when the run failed."""
-        lines = [t for t in (self.result.get("result") or "").splitlines() if t.strip()]
+        lines = [t for t in self.result_text.splitlines() if t.strip()]
+        if not lines:
+            lines = [str(e) for e in self.result.get("errors") or []]
         if not lines and self.texts:
             lines = self.texts[-1].splitlines()
         lines = lines or list(self.other_lines)

@@ -4,7 +4,8 @@ Runs inside the task unit's cgroup after the main process is gone, so the
 cgroup's memory counters still tell whether the kernel killed something for
 exceeding MemoryMax. systemd passes SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
 
-Usage: python -m airut_runner.task_exit SPOOL_DIR TASK_ID
+Usage: python -m airut_runner.task_exit [--stage builds] SPOOL_DIR NAME
+(image build units use the same helper, writing into builds/ instead)
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def limit_hits(cgroup: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    spool_dir, task_id = (argv or sys.argv[1:])[:2]
+    args = list(argv if argv is not None else sys.argv[1:])
+    stage = "finished"
+    if args[:1] == ["--stage"]:
+        stage, args = args[1], args[2:]
+    spool_dir, task_id = args[:2]
     cgroup = memory_cgroup()
     marker = {
         "task_id": task_id,
@@ -67,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         "invocation_id": os.environ.get("INVOCATION_ID", ""),
         "finished": utc_now(),
     }
-    finished = Spool(spool_dir).finished.ensure()
-    finished.put(task_id, marker)
+    spool = Spool(spool_dir)
+    target = spool.builds if stage == "builds" else spool.finished
+    target.ensure().put(task_id, marker)
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pystemd.dbusexc import DBusBaseError
 from pystemd.dbuslib import DBus
 from pystemd.systemd1 import Manager
 from pystemd.systemd1 import unit_signatures as _sig
@@ -51,8 +52,8 @@ class TaskUnit:
             b"Description": f"airut task {self.task_id} (conversation {self.conversation_id}, "
                             f"repository {self.repo})".encode(),
             b"Slice": SLICE.encode(),
-            b"ExecStart": [_exec(self.argv)],
-            b"ExecStopPost": [_exec(exit_helper)],
+            b"ExecStart": [exec_line(self.argv)],
+            b"ExecStopPost": [exec_line(exit_helper)],
             b"StandardInputFile": str(self.stdin_file).encode(),
             b"StandardOutputFileToAppend": str(self.stdout_file).encode(),
             b"StandardError": b"journal",
@@ -70,7 +71,7 @@ class TaskUnit:
         }
 
 
-def _exec(argv: list[str]) -> tuple[bytes, list[bytes], bool]:
+def exec_line(argv: list[str]) -> tuple[bytes, list[bytes], bool]:
     # systemd expands $VAR in Exec* arguments, even over D-Bus; $$ is a literal $.
     return (argv[0].encode(), [a.replace("$", "$$").encode() for a in argv], False)
 
@@ -84,15 +85,22 @@ class Systemd:
         self._manager = Manager(bus=self._bus)
         self._manager.load()
 
-    def start(self, unit: TaskUnit) -> None:
-        self._manager.Manager.StartTransientUnit(unit.name.encode(), b"fail", unit.properties())
+    def start(self, name: str, properties: dict[bytes, object]) -> bool:
+        """Start a transient unit; False if a unit of that name is already loaded."""
+        try:
+            self._manager.Manager.StartTransientUnit(name.encode(), b"fail", properties)
+        except DBusBaseError as e:
+            if "UnitExists" in str(e.err_name) or "already exists" in str(e):
+                return False
+            raise
+        return True
 
     def stop(self, name: str) -> None:
         self._manager.Manager.StopUnit(name.encode(), b"replace")
 
-    def task_units(self) -> dict[str, str]:
-        """Loaded task units and their ActiveState."""
-        units = self._manager.Manager.ListUnitsByPatterns([], [f"{UNIT_PREFIX}*".encode()])
+    def loaded(self, prefix: str = UNIT_PREFIX) -> dict[str, str]:
+        """Loaded units whose names start with prefix, and their ActiveState."""
+        units = self._manager.Manager.ListUnitsByPatterns([], [f"{prefix}*".encode()])
         return {u[0].decode(): u[3].decode() for u in units}
 
     def close(self) -> None:

@@ -4,32 +4,31 @@
   conversation.json   model pinned at creation, session id, one summary per reply
   events.jsonl        the agent's stream-json, appended by each task unit
   tasks/              per task: the prompt (stdin) and the container's env file
-  workspace/          git clone of the repository           -> /workspace
+  workspace/          clone of the repository's mirror      -> /workspace
   claude/             the agent's session state             -> /root/.claude
   inbox/ outbox/ storage/                                   -> /inbox /outbox /storage
 A crash while cloning leaves only a .new-* directory, removed at the next start.
+What the container sees is owned by the container's root (agent.host_uid_base).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from airut_core import conversation, paths
 from airut_core.config import RepoConfig
 from airut_core.conversation import Conversation
 from airut_core.records import TaskRecord
+from airut_runner.mirror import Mirror
 
 SUBDIRS = ("tasks", "workspace", "claude", "inbox", "outbox", "storage")
-CLONE_TIMEOUT = 600
+CONTAINER_DIRS = ("workspace", "claude", "inbox", "outbox", "storage")
 
 
-class WorkspaceError(RuntimeError):
-    pass
-
-
-def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig) -> Conversation:
+def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig, mirror: Mirror,
+                   owner: int) -> Conversation:
     """The task's conversation; a new one (fresh clone) when it has none or an unknown id."""
     if task.conversation_id:
         existing = conversation.load(state_dir, task.conversation_id)
@@ -42,9 +41,11 @@ def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig) -> Conve
     tmp.mkdir(parents=True)
     try:
         for sub in SUBDIRS:
-            (tmp / sub).mkdir(mode=0o700 if sub == "tasks" else 0o755)
-        (tmp / "workspace").rmdir()
-        clone(repo.repo_url, tmp / "workspace")
+            if sub != "workspace":
+                (tmp / sub).mkdir(mode=0o700 if sub == "tasks" else 0o755)
+        mirror.clone_workspace(tmp / "workspace")
+        for sub in CONTAINER_DIRS:
+            chown_tree(tmp / sub, owner)
         conv = Conversation(conversation_id=cid, repo=task.repo, model=task.model or repo.model,
                             effort=repo.effort)
         conversation.save_in(tmp, conv)
@@ -55,24 +56,23 @@ def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig) -> Conve
     return conv
 
 
-def clone(url: str, target: Path) -> None:
-    try:
-        subprocess.run(["git", "clone", "--quiet", "--", url, str(target)], check=True,
-                       capture_output=True, text=True, timeout=CLONE_TIMEOUT)
-    except subprocess.CalledProcessError as e:
-        raise WorkspaceError(f"cannot clone {url}: {e.stderr.strip() or e}") from e
-    except subprocess.TimeoutExpired as e:
-        raise WorkspaceError(f"cloning {url} took longer than {CLONE_TIMEOUT} s") from e
+def chown_tree(root: Path, uid: int) -> None:
+    """Give a tree to the container's root (uid = gid), links included, never followed."""
+    os.lchown(root, uid, uid)
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(directory, name), uid, uid)
 
 
-def copy_attachments(source: str | None, inbox: Path) -> list[str]:
+def copy_attachments(source: str | None, inbox: Path, owner: int) -> list[str]:
     """Copy regular files from the task's attachments directory into the inbox."""
     if not source:
         return []
     names = []
     for item in sorted(Path(source).iterdir()):
         if item.is_file() and not item.is_symlink() and not item.name.startswith("."):
-            shutil.copy2(item, inbox / item.name)
+            shutil.copyfile(item, inbox / item.name)
+            os.lchown(inbox / item.name, owner, owner)
             names.append(item.name)
     return names
 

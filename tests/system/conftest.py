@@ -14,6 +14,10 @@ def lab():
     if os.geteuid() != 0:
         pytest.fail("system tests boot a systemd-nspawn guest and need root")
     lab = Lab()
-    lab.up(base_config(demo={}, small=LIMITED, broken={"repo_url": "/srv/git/missing.git"}))
+    lab.up(base_config(
+        demo={}, small=LIMITED, broken={"repo_url": "/srv/git/missing.git"},
+        cpu={"resource_limits": {"cpus": 0.5}},
+        bomb={"resource_limits": {"pids_limit": 128, "timeout": 30}},
+        imaged={"repo_url": "/srv/git/imaged.git"}))
     yield lab
     lab.down()

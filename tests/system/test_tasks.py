@@ -115,8 +115,11 @@ def test_runner_killed_during_a_task_finishes_it_once(lab):
     after = lab.guest("systemctl", "show", "airut-runner", "-p", "MainPID").stdout
     assert after != before, "systemd restarted the runner"
     assert f"adopted running unit {unit}" in lab.journal(f"AIRUT_TASK={task}")
+    record = lab.spool / "outgoing/local" / f"{task}.json"
+    written = record.stat().st_mtime_ns
     time.sleep(2)  # a second reply would have been written by now
-    assert not (lab.spool / "outgoing/local" / f"{task}.json").exists()
+    assert record.stat().st_mtime_ns == written
+    assert [p.name for p in record.parent.glob("*.json")].count(record.name) == 1
     replies = lab.conversation(reply["conversation_id"])["replies"]
     assert [r["task_id"] for r in replies] == [task]
 

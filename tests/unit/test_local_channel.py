@@ -52,13 +52,24 @@ def test_continuing_a_conversation_finds_its_repository(cfg, tmp_path):
         local.submit(cfg, "more", repo="demo", conversation_id="0123abcd")
 
 
-def test_wait_returns_the_reply_when_it_arrives_and_consumes_it(cfg):
+def test_wait_returns_the_reply_when_it_arrives(cfg):
     outgoing = Spool(cfg.paths.spool).outgoing("local").ensure()
     reply = ReplyRecord(task_id="t1", conversation_id="0123abcd", repo="demo",
                         channel="local", reply_to="me", text="done", outcome="success")
     threading.Timer(0.2, lambda: outgoing.put("t1", reply.to_dict())).start()
     assert local.wait_for_reply(cfg, "t1", timeout=10) == reply
-    assert outgoing.names() == []
+    assert local.wait_for_reply(cfg, "t1", timeout=0) == reply  # still there for others
+
+
+def test_a_merged_task_is_answered_by_the_reply_that_names_it(cfg):
+    outgoing = Spool(cfg.paths.spool).outgoing("local").ensure()
+    reply = ReplyRecord(task_id="t3", conversation_id="0123abcd", repo="demo",
+                        channel="local", reply_to="me", text="all three", outcome="success",
+                        merged_task_ids=["t1", "t2"])
+    outgoing.put("t3", reply.to_dict())
+    assert local.wait_for_reply(cfg, "t1", timeout=0) == reply
+    assert local.wait_for_reply(cfg, "t2", timeout=0) == reply
+    assert local.wait_for_reply(cfg, "t4", timeout=0) is None
 
 
 def test_wait_times_out_quietly(cfg):

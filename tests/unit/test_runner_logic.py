@@ -107,16 +107,21 @@ def test_reply_texts_tell_the_user_what_happened():
 def test_podman_command_line(tmp_path):
     run = container.AgentRun(container_name="airut-t1", conversation_dir=tmp_path, image="img",
                              claude_binary="/cache/claude", network="podman", model="opus",
-                             env_file=tmp_path / "t1.env", effort="high",
-                             resume_session="s1")
+                             env_file=tmp_path / "t1.env", host_uid_base=1_000_000_000,
+                             effort="high", resume_session="s1")
     argv = run.argv()
     assert argv[:6] == ["/usr/bin/podman", "run", "--rm", "--init", "--cgroups=split",
                         "--interactive"]
     for sub, target in container.MOUNTS:
         assert f"--volume={tmp_path / sub}:{target}:rw" in argv
     assert "--volume=/cache/claude:/opt/claude/claude:ro" in argv
+    assert "--cap-drop=ALL" in argv
+    assert "--cap-add=CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID" in argv
+    assert "--security-opt=no-new-privileges" in argv
+    assert "--uidmap=0:1000000000:65536" in argv and "--gidmap=0:1000000000:65536" in argv
+    assert "--entrypoint=/opt/claude/claude" in argv
     tail = argv[argv.index("img") + 1:]
-    assert tail == ["/opt/claude/claude", "--resume", "s1", "--model", "opus", "--effort",
+    assert tail == ["--resume", "s1", "--model", "opus", "--effort",
                     "high", "-p", "-", "--output-format", "stream-json", "--verbose",
                     "--dangerously-skip-permissions"]
 
