@@ -52,10 +52,9 @@ class AgentConfig:
     """How the agent container is run (server-wide)."""
 
     claude_binary: str = f"/var/cache/airut/claude/{CLAUDE_CODE_VERSION}/claude"
-    image: str = "localhost/airut-base:latest"
-    network: str = "podman"
+    image: str = "localhost/airut-base:latest"  # for repositories without a Dockerfile
     # Where the agent sends model requests; unset means Anthropic's API. The
-    # offline demo model is http://<podman gateway>:8765.
+    # offline demo model on this host is http://host.containers.internal:8765.
     api_base_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment, every agent
     # Container root is this host uid (and gid); the container's ids map to the 65536

@@ -75,6 +75,18 @@ class AgentRun:
         return cmd
 
 
+HOST_NAME = "host.containers.internal"
+
+
+def host_url(url: str | None, gateway: str) -> str | None:
+    """Podman puts host.containers.internal in /etc/hosts, but not every client reads
+    that file (the Claude Code CLI resolves names itself): spell out the address."""
+    if url and gateway:
+        return url.replace(f"//{HOST_NAME}:", f"//{gateway}:").replace(
+            f"//{HOST_NAME}/", f"//{gateway}/")
+    return url
+
+
 def env_file_text(secrets: dict[str, str], api_base_url: str | None,
                   extra: dict[str, str] | None = None) -> str:
     """The container's environment as an --env-file: secrets stay out of unit properties.

@@ -44,6 +44,7 @@ from airut_runner import container, images, outbox, outcome, prompt, stream, uni
 from airut_runner.images import ImageSpec
 from airut_runner.mirror import Mirror
 from airut_runner.outcome import Exit
+from airut_runner.podman_api import Podman
 
 logger = logging.getLogger("airut.runner")
 
@@ -67,13 +68,13 @@ class Prepared:
 
 class Runner:
     def __init__(self, cfg: Config, systemd: units.Systemd | None = None,
-                 podman: images.Podman | None = None):
+                 podman: Podman | None = None):
         self.cfg = cfg
         self.spool = Spool(cfg.paths.spool).ensure()
         self.state_dir = Path(cfg.paths.state)
         (self.state_dir / "conversations").mkdir(parents=True, exist_ok=True)
         self.systemd = systemd or units.Systemd()
-        self.podman = podman or images.Podman()
+        self.podman = podman or Podman()
         self.pool = ThreadPoolExecutor(max_workers=cfg.execution.max_concurrent,
                                        thread_name_prefix="prepare")
         self.bell: Doorbell | None = None
@@ -176,11 +177,14 @@ class Runner:
                 self.running[name] = unit
                 self._log(name).info("adopted running unit %s", unit)
         try:
-            keep = {f"airut-{name}" for name in self.running}
+            keep = {_resource(name) for name in self.running}
             for gone in self.podman.remove_leftover_containers("airut-", keep):
                 logger.info("removed leftover container %s", gone)
+            keep = {_resource(name) for name in self.spool.active.names()}
+            for gone in self.podman.remove_leftover_networks(keep):
+                logger.info("removed leftover network %s", gone)
         except Exception as e:
-            logger.warning("cannot look for leftover containers: %s", e)
+            logger.warning("cannot look for leftover containers and networks: %s", e)
 
     def check_lost(self) -> None:
         if not self.running:
@@ -290,6 +294,7 @@ class Runner:
                 mirror.export(spec.tree, context)
             else:
                 self.image_created[spec.tag] = created
+        gateway = self.podman.create_network(_resource(name), name)
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
         attached = []
         for t in [*merged, task]:
@@ -298,8 +303,8 @@ class Runner:
         text = prompt.compose([*merged, task], attached,
                               recovery=conv.last_reply if fresh else None)
         write_atomic(cdir / "tasks" / f"{name}.prompt", text.encode(), mode=0o600)
-        env = container.env_file_text(repo.secrets, self.cfg.agent.api_base_url,
-                                      self.cfg.agent.env)
+        env = container.env_file_text(repo.secrets, container.host_url(
+            self.cfg.agent.api_base_url, gateway), self.cfg.agent.env)
         write_atomic(cdir / "tasks" / f"{name}.env", env.encode(), mode=0o600)
         return Prepared(conv, spec, context, rebuild)
 
@@ -433,8 +438,8 @@ class Runner:
                       "resumed": bool(conv.session_id)})
         self.spool.active.put(name, record)
         run = container.AgentRun(
-            container_name=f"airut-{name}", conversation_dir=cdir, image=image.tag,
-            claude_binary=self.cfg.agent.claude_binary, network=self.cfg.agent.network,
+            container_name=_resource(name), conversation_dir=cdir, image=image.tag,
+            claude_binary=self.cfg.agent.claude_binary, network=_resource(name),
             model=conv.model, env_file=cdir / "tasks" / f"{name}.env",
             host_uid_base=self.cfg.agent.host_uid_base, effort=conv.effort,
             resume_session=conv.session_id)
@@ -495,6 +500,7 @@ class Runner:
                                   self.cfg.execution.outbox_max_bytes)
         if cdir:
             (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
+        self._remove_network(name)
         text = outcome.reply_text(result, summary, limits, repo_id,
                                   note=outcome.CONTEXT_RESET_NOTE.get(state.get("fresh_retry"),
                                                                       ""))
@@ -534,6 +540,12 @@ class Runner:
         self.spool.active.put(name, record)
         self.spool.finished.remove(name)
         self._prepare(name)
+
+    def _remove_network(self, name: str) -> None:
+        try:
+            self.podman.remove_network(_resource(name))
+        except Exception as e:
+            self._log(name).warning("cannot remove the network of the task: %s", e)
 
     def _reply(self, name: str, task: TaskRecord, text: str, result: str,
                unit: str | None = None, usage: dict | None = None,
@@ -721,6 +733,11 @@ class Runner:
             except (FileNotFoundError, RecordError):
                 return log.for_task(logger, name)
         return log.for_task(logger, name, task.conversation_id, task.repo)
+
+
+def _resource(name: str) -> str:
+    """The task's container and network name."""
+    return f"airut-{name}"
 
 
 def _remove_tree(path: Path) -> None:

@@ -8,30 +8,22 @@ never does. A repository without `<container_path>/Dockerfile` runs in
 
 Builds run as transient units `airut-build-<tree>.service` (their log is in the
 journal); the unit name doubles as the lock, so an image is built once however
-many tasks wait for it. Queries and cleanup go through the Podman API service
-(podman.socket) with the `podman` bindings.
+many tasks wait for it. Queries and pruning go through podman_api.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from podman import PodmanClient
-from podman.errors import APIError, ImageNotFound, NotFound
-
 from airut_runner import units
 from airut_runner.mirror import Mirror
 
-logger = logging.getLogger("airut.runner.images")
-
 REPO_IMAGE = "localhost/airut-repo"
 LABEL = "airut.tree"
-PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 BUILD_PREFIX = "airut-build-"
 BUILD_SLICE = "airut-builds.slice"
 
@@ -58,56 +50,7 @@ def resolve(mirror: Mirror, container_path: str, default_image: str) -> ImageSpe
     return ImageSpec(tag=default_image)
 
 
-class Podman:
-    """The few Podman API calls the runner makes; one short-lived client per call."""
-
-    def __init__(self, base_url: str = PODMAN_SOCKET):
-        self.base_url = base_url
-
-    def client(self) -> PodmanClient:
-        return PodmanClient(base_url=self.base_url)
-
-    def image_created(self, tag: str) -> float | None:
-        """When the image was built (epoch seconds), None if there is no such image."""
-        with self.client() as c:
-            try:
-                created = c.images.get(tag).attrs.get("Created")
-            except (ImageNotFound, NotFound):
-                return None
-        return _epoch(created)
-
-    def remove_leftover_containers(self, prefix: str, keep: set[str]) -> list[str]:
-        """Containers named prefix* that no running task owns (a crash's leftovers)."""
-        removed = []
-        with self.client() as c:
-            for container in c.containers.list(all=True):
-                name = container.name or ""
-                if name.startswith(prefix) and name not in keep:
-                    try:
-                        container.remove(force=True)
-                        removed.append(name)
-                    except APIError as e:
-                        logger.warning("cannot remove leftover container %s: %s", name, e)
-        return removed
-
-    def prune_images(self, keep: set[str]) -> list[str]:
-        """Remove airut's repository images not in keep and not used, and dangling layers."""
-        removed = []
-        with self.client() as c:
-            for image in c.images.list(filters={"label": LABEL}):
-                tags = set(image.tags or [])
-                if tags & keep:
-                    continue
-                try:
-                    c.images.remove(image.id)
-                    removed.extend(sorted(tags) or [image.short_id])
-                except APIError:
-                    continue  # in use by a container: keep it
-            c.images.prune()
-        return removed
-
-
-def _epoch(created: object) -> float | None:
+def epoch(created: object) -> float | None:
     if isinstance(created, int | float):
         return float(created)
     if isinstance(created, str):

@@ -161,7 +161,7 @@ def base_config(**repos: dict) -> dict:
                     "secrets": {"ANTHROPIC_API_KEY": "sk-ant-test-key"}}
     return {
         # One API retry: the failure scenarios answer in a second, not in minutes.
-        "agent": {"api_base_url": "http://10.88.0.1:8765",
+        "agent": {"api_base_url": "http://host.containers.internal:8765",
                   "env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
         "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5,
                       "outbox_max_bytes": "1M"},

@@ -138,6 +138,14 @@ def test_container_environment_forces_the_sandbox_settings():
         container.env_file_text({"K": "two\nlines"}, None)
 
 
+def test_host_name_becomes_the_gateway_address():
+    assert container.host_url("http://host.containers.internal:8765", "10.89.3.1") == (
+        "http://10.89.3.1:8765")
+    assert container.host_url("https://api.anthropic.com", "10.89.3.1") == (
+        "https://api.anthropic.com")
+    assert container.host_url(None, "10.89.3.1") is None
+
+
 def test_task_unit_properties(tmp_path):
     unit = TaskUnit(name="airut-task-c-t.service", argv=["/usr/bin/podman", "run", "$HOME"],
                     stdin_file=tmp_path / "p", stdout_file=tmp_path / "e", spool_dir="/spool",

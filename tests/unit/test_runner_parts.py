@@ -93,11 +93,11 @@ def test_image_tag_follows_the_default_branch_content(tmp_path, upstream):
 
 
 def test_podman_timestamps_parse():
-    epoch = images._epoch("2026-11-26T19:04:09.297041656Z")
+    epoch = images.epoch("2026-11-26T19:04:09.297041656Z")
     assert epoch == pytest.approx(1795719849.297, abs=0.01)
-    assert images._epoch("2026-11-26T19:04:09+01:00") == pytest.approx(1795716249, abs=1)
-    assert images._epoch(1700000000) == 1700000000.0
-    assert images._epoch("nonsense") is None
+    assert images.epoch("2026-11-26T19:04:09+01:00") == pytest.approx(1795716249, abs=1)
+    assert images.epoch(1700000000) == 1700000000.0
+    assert images.epoch("nonsense") is None
     assert images.is_stale(0, 24) and not images.is_stale(1e12, 24)
 
 

@@ -1,0 +1,99 @@
+"""The Podman API service (podman.socket), through the `podman` bindings.
+
+Used for what is not a task: image queries, per-task networks, and clean-up of what
+a crash left behind. The task itself stays a `podman run` inside its unit, so its
+cgroup is the unit's. One short-lived client per call: the calls are rare and the
+socket-activated service may have gone idle in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from podman import PodmanClient
+from podman.errors import APIError, ImageNotFound, NotFound
+
+from airut_runner.images import LABEL, epoch
+
+logger = logging.getLogger("airut.runner.podman")
+
+PODMAN_SOCKET = "unix:///run/podman/podman.sock"
+TASK_LABEL = "airut.task"
+
+
+class Podman:
+    """The few Podman API calls the runner makes; one short-lived client per call."""
+
+    def __init__(self, base_url: str = PODMAN_SOCKET):
+        self.base_url = base_url
+
+    def client(self) -> PodmanClient:
+        return PodmanClient(base_url=self.base_url)
+
+    def image_created(self, tag: str) -> float | None:
+        """When the image was built (epoch seconds), None if there is no such image."""
+        with self.client() as c:
+            try:
+                created = c.images.get(tag).attrs.get("Created")
+            except (ImageNotFound, NotFound):
+                return None
+        return epoch(created)
+
+    def create_network(self, name: str, task: str) -> str:
+        """The task's own network (idempotent): its bridge has the task as only port.
+        Returns the gateway address, which is this host as seen from the task."""
+        with self.client() as c:
+            if c.networks.exists(name):
+                network = c.networks.get(name)
+            else:
+                network = c.networks.create(name, labels={TASK_LABEL: task})
+        subnets = network.attrs.get("subnets") or [{}]
+        return subnets[0].get("gateway", "")
+
+    def remove_network(self, name: str) -> None:
+        with self.client() as c, contextlib.suppress(NotFound):
+            c.networks.get(name).remove(force=True)
+
+    def remove_leftover_networks(self, keep: set[str]) -> list[str]:
+        removed = []
+        with self.client() as c:
+            for network in c.networks.list(filters={"label": TASK_LABEL}):
+                if network.name not in keep:
+                    try:
+                        network.remove(force=True)
+                        removed.append(network.name)
+                    except APIError as e:
+                        logger.warning("cannot remove leftover network %s: %s", network.name, e)
+        return removed
+
+    def remove_leftover_containers(self, prefix: str, keep: set[str]) -> list[str]:
+        """Containers named prefix* that no running task owns (a crash's leftovers)."""
+        removed = []
+        with self.client() as c:
+            for container in c.containers.list(all=True):
+                names = container.attrs.get("Names") or [container.attrs.get("Name") or ""]
+                name = names[0].lstrip("/")
+                if name.startswith(prefix) and name not in keep:
+                    try:
+                        container.remove(force=True)
+                        removed.append(name)
+                    except APIError as e:
+                        logger.warning("cannot remove leftover container %s: %s", name, e)
+        return removed
+
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove airut's repository images not in keep and not used, and dangling layers."""
+        removed = []
+        with self.client() as c:
+            for image in c.images.list(filters={"label": LABEL}):
+                tags = set(image.tags or [])
+                if tags & keep:
+                    continue
+                try:
+                    c.images.remove(image.id)
+                    removed.extend(sorted(tags) or [image.short_id])
+                except APIError:
+                    continue  # in use by a container: keep it
+            c.images.prune()
+        return removed
