@@ -325,3 +325,20 @@ def test_housekeeping_removes_old_conversations_and_unused_images(lab):
     journal = lab.journal("-u", "airut-runner")
     assert f"removed conversation {old['conversation_id']}" in journal
     assert "pruned" in journal and old_tag in journal
+
+
+def test_restarted_runner_removes_what_a_crash_left_behind(lab):
+    lab.guest("podman", "create", "--name", "airut-20200101T000000000-dead00",
+              "localhost/airut-base:latest", "true")
+    lab.guest("podman", "network", "create", "--label", "airut.task=20200101T000000000-dead00",
+              "airut-20200101T000000000-dead00")
+    lab.guest("systemctl", "restart", "airut-runner")
+    assert lab.guest("podman", "container", "exists", "airut-20200101T000000000-dead00",
+                     check=False).returncode == 1
+    assert lab.guest("podman", "network", "exists", "airut-20200101T000000000-dead00",
+                     check=False).returncode == 1
+    journal = lab.journal("-u", "airut-runner")
+    assert "removed leftover container airut-20200101T000000000-dead00" in journal
+    assert "removed leftover network airut-20200101T000000000-dead00" in journal
+    marker = lab.scenario("after-cleanup", [say("fine")])
+    assert lab.submit(f"{marker} still working?", repo="demo")["outcome"] == "success"
