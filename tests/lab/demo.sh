@@ -46,8 +46,8 @@ conv=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conversation_
 say "journalctl AIRUT_TASK=$task"
 $G journalctl --no-pager -o short AIRUT_TASK="$task" | grep -v ' podman\[' || true
 
-say "the agent's workspace: /var/lib/airut/conversations/$conv/workspace"
-$G sh -c "cd /var/lib/airut/conversations/$conv/workspace && git status --short && cat NOTES.md"
+say "the agent's workspace: /var/lib/airut/conversations/$conv/workspace (owned by the container's uid, not root)"
+$G sh -c "cd /var/lib/airut/conversations/$conv/workspace && ls -ln NOTES.md && git -c safe.directory=\"*\" status --short && cat NOTES.md"
 
 cat <<MSG
 
