@@ -36,12 +36,28 @@ class ResourceLimits:
 
 
 @dataclass
+class MaskedSecret:
+    value: str
+    scopes: list[str]  # host globs where the proxy puts the real value in
+    headers: list[str] = field(default_factory=lambda: ["Authorization", "X-Api-Key"])
+    allow_foreign_credentials: bool = False
+
+
+@dataclass
+class NetworkConfig:
+    sandbox: bool = True  # false: no proxy, no allowlist (break-glass; every reply warns)
+
+
+@dataclass
 class RepoConfig:
     repo_url: str
     model: str = "sonnet"
     effort: Annotated[str, OneOf(("low", "medium", "high", "max"))] | None = None
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
     secrets: dict[str, str] = field(default_factory=dict)  # environment of the agent
+    # The agent sees a surrogate of the same shape; only the proxy holds the value.
+    masked_secrets: dict[str, MaskedSecret] = field(default_factory=dict)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"
@@ -65,6 +81,15 @@ class AgentConfig:
 
 
 @dataclass
+class ProxyConfig:
+    """airut-proxy, the only way out of a task's network."""
+
+    ca_cert: str = "/var/lib/airut-proxy/mitmproxy-ca-cert.pem"  # what agents trust
+    upstream_ca: str | None = None  # extra CA the proxy trusts upstream (tests, in-house)
+    policies: str = "/run/airut/policies"
+
+
+@dataclass
 class ExecutionConfig:
     max_concurrent: Annotated[int, Range(min=1)] = 3
     retry_delay: Annotated[float, Range(min=0)] = 10.0  # before retrying a failed start
@@ -85,6 +110,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     repos: dict[Annotated[str, schema.Match(paths.REPO_ID, "repository id")],
                 RepoConfig] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})  # the file read

@@ -57,7 +57,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o640) -> None:
+def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o640,
+                 gid: int | None = None) -> None:
     """Write data to path so that readers see either nothing or all of it.
 
     The temporary file lives in tmp_dir (same filesystem as path), so a crash
@@ -71,6 +72,8 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if gid is not None:
+            os.chown(tmp, -1, gid)  # before the rename: readers never see it otherwise
         _before_rename_hook(tmp)
         os.rename(tmp, path)
     except BaseException:
@@ -122,9 +125,9 @@ class Stage:
     def file(self, name: str) -> Path:
         return self.path / f"{name}{SUFFIX}"
 
-    def put(self, name: str, record: dict) -> Path:
+    def put(self, name: str, record: dict, gid: int | None = None) -> Path:
         path = self.file(name)
-        write_atomic(path, dump(record), self.tmp)
+        write_atomic(path, dump(record), self.tmp, gid=gid)
         return path
 
     def names(self) -> list[str]:
@@ -210,10 +213,13 @@ class Doorbell:
 
     MASK = inotify_simple.flags.MOVED_TO | inotify_simple.flags.CLOSE_WRITE
 
-    def __init__(self, dirs: Iterable[Path]):
+    def __init__(self, dirs: Iterable[Path], deletions: bool = False):
         self._inotify = inotify_simple.INotify()
+        mask = self.MASK
+        if deletions:
+            mask |= inotify_simple.flags.DELETE | inotify_simple.flags.MOVED_FROM
         for d in dirs:
-            self._inotify.add_watch(str(d), self.MASK)
+            self._inotify.add_watch(str(d), mask)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def ring(self) -> None:

@@ -5,6 +5,10 @@ Anthropic in the tests: the real Claude Code CLI talks to it unchanged. Every
 request is appended to a JSON-lines log so tests can see what the agent sent.
 
   airut-demo-model --listen 0.0.0.0:8765 --log requests.jsonl --scenarios DIR
+  ... --listen-tls 127.0.0.1:443 --cert server.pem --key server.key   (also HTTPS)
+
+Routes other than the Messages API echo the request back, so in the test lab the
+same server also plays any web server an agent may try to reach.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import contextlib
 import json
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -38,7 +43,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
-        self._json(404, _error("not_found_error", f"no route {self.path}"))
+        self.server.record(self, None)
+        self._json(200, self._echo(None))
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -56,7 +62,13 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/v1/messages":
             self._messages(body, len(raw))
         else:
-            self._json(404, _error("not_found_error", f"no route {path}"))
+            self._json(200, self._echo(body))
+
+    def _echo(self, body: Any) -> dict:
+        """Any other route answers with what it received: a stand-in for any web server."""
+        return {"echo": True, "method": self.command, "path": self.path,
+                "host": self.headers.get("Host"), "headers": dict(self.headers.items()),
+                "body": body}
 
     def _messages(self, body: dict, size: int) -> None:
         position = scenarios.Position(body.get("messages") or [])
@@ -165,19 +177,41 @@ class DemoModelServer(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="airut-demo-model", description=__doc__.split("\n")[0])
-    parser.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT (port 0: any)")
+    parser.add_argument("--listen", action="append", default=[],
+                        help="HOST:PORT for plain HTTP (port 0: any); repeatable")
+    parser.add_argument("--listen-tls", action="append", default=[],
+                        help="HOST:PORT for HTTPS with --cert and --key; repeatable")
+    parser.add_argument("--cert", help="PEM certificate chain for --listen-tls")
+    parser.add_argument("--key", help="PEM private key for --listen-tls")
     parser.add_argument("--log", type=Path, help="append every request to this JSON-lines file")
     parser.add_argument("--scenarios", type=Path, help="directory of NAME.json scenarios")
-    parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    parser.add_argument("--port-file", type=Path, help="write the first bound port here")
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    server = DemoModelServer((host or "127.0.0.1", int(port)), args.log, args.scenarios)
+    if args.listen_tls and not (args.cert and args.key):
+        parser.error("--listen-tls needs --cert and --key")
+    servers = []
+    for address in args.listen or ([] if args.listen_tls else ["127.0.0.1:8765"]):
+        servers.append(DemoModelServer(_address(address), args.log, args.scenarios))
+    for address in args.listen_tls:
+        server = DemoModelServer(_address(address), args.log, args.scenarios)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        servers.append(server)
     if args.port_file:
-        args.port_file.write_text(f"{server.server_address[1]}\n")
-    print(f"airut-demo-model listening on {host}:{server.server_address[1]}", file=sys.stderr)
-    sdnotify.SystemdNotifier().notify(f"READY=1\nSTATUS=listening on {args.listen}")
+        args.port_file.write_text(f"{servers[0].server_address[1]}\n")
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    bound = ", ".join(f"{s.server_address[0]}:{s.server_address[1]}" for s in servers)
+    print(f"airut-demo-model listening on {bound}", file=sys.stderr)
+    sdnotify.SystemdNotifier().notify(f"READY=1\nSTATUS=listening on {bound}")
     with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+        servers[0].serve_forever()
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ AGENT_ENV = {
     "CLAUDE_CONFIG_DIR": "/root/.claude",  # keep all agent state in the mounted directory
 }
 
+CA_IN_CONTAINER = "/usr/local/share/ca-certificates/airut-proxy.crt"
+CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
+# All TLS goes through the proxy: its CA is the only one a task needs, for every client.
+CA_ENV = {"NODE_EXTRA_CA_CERTS": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_BUNDLE_IN_CONTAINER,
+          "REQUESTS_CA_BUNDLE": CA_BUNDLE_IN_CONTAINER, "CURL_CA_BUNDLE": CA_BUNDLE_IN_CONTAINER,
+          "GIT_SSL_CAINFO": CA_BUNDLE_IN_CONTAINER}
 USERNS_SIZE = 65536
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
 
@@ -50,6 +56,9 @@ class AgentRun:
     host_uid_base: int
     effort: str | None = None
     resume_session: str | None = None
+    sandbox_gateway: str | None = None  # set: the task's DNS and proxy are there
+    proxy_ca: str | None = None  # the proxy's CA certificate, the only one trusted
+    hosts_file: str | None = None  # replaces the host's /etc/hosts podman would copy
 
     def argv(self) -> list[str]:
         cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
@@ -61,9 +70,19 @@ class AgentRun:
                f"--uidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
                f"--gidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
                f"--entrypoint={CLAUDE_IN_CONTAINER}"]
+        if self.sandbox_gateway:
+            # Every name resolves to the gateway, where the proxy waits. No IPv6: the
+            # host's link-local address must not be a way around the firewall.
+            cmd += [f"--dns={self.sandbox_gateway}",
+                    "--sysctl=net.ipv6.conf.all.disable_ipv6=1"]
         for sub, target in MOUNTS:
             cmd.append(f"--volume={self.conversation_dir / sub}:{target}:rw")
         cmd.append(f"--volume={self.claude_binary}:{CLAUDE_IN_CONTAINER}:ro")
+        if self.hosts_file:
+            cmd.append(f"--volume={self.hosts_file}:/etc/hosts:ro")
+        if self.proxy_ca:
+            cmd += [f"--volume={self.proxy_ca}:{CA_IN_CONTAINER}:ro",
+                    f"--volume={self.proxy_ca}:{CA_BUNDLE_IN_CONTAINER}:ro"]
         cmd.append(self.image)
         if self.resume_session:
             cmd += ["--resume", self.resume_session]
@@ -78,6 +97,11 @@ class AgentRun:
 HOST_NAME = "host.containers.internal"
 
 
+# Podman copies the host's /etc/hosts into containers: a task would learn the host's
+# names and could resolve them around the sandbox's DNS. It gets only localhost.
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
 def host_url(url: str | None, gateway: str) -> str | None:
     """Podman puts host.containers.internal in /etc/hosts, but not every client reads
     that file (the Claude Code CLI resolves names itself): spell out the address."""
@@ -88,14 +112,17 @@ def host_url(url: str | None, gateway: str) -> str | None:
 
 
 def env_file_text(secrets: dict[str, str], api_base_url: str | None,
-                  extra: dict[str, str] | None = None) -> str:
+                  extra: dict[str, str] | None = None, sandboxed: bool = False) -> str:
     """The container's environment as an --env-file: secrets stay out of unit properties.
 
-    Server-wide agent.env first, then the repository's secrets, then the forced values.
+    Server-wide agent.env first, then the repository's secrets (and the surrogates of
+    its masked secrets), then the forced values.
     """
     env = {**(extra or {}), **secrets}
     if api_base_url:
         env["ANTHROPIC_BASE_URL"] = api_base_url
+    if sandboxed:
+        env.update(CA_ENV)
     env.update(AGENT_ENV)  # forced values win over repository settings
     for key, value in env.items():
         if "\n" in key or "\n" in value or "=" in key:

@@ -20,12 +20,16 @@ units named in active/ and prepares the rest again (preparation is idempotent).
 from __future__ import annotations
 
 import argparse
+import grp
+import ipaddress
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +43,36 @@ from airut_core.config import Config, ConfigError, ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.paths import Spool
 from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
-from airut_core.spool import Doorbell, RecordError, failures, record_failure, utc_now, write_atomic
-from airut_runner import container, images, outbox, outcome, prompt, stream, units, workspace
+from airut_core.sandbox import (
+    ALLOWLIST_FILE,
+    PROXY_GROUP,
+    SUBNET_POOL,
+    AllowlistError,
+    Mask,
+    PolicyRecord,
+    parse_allowlist,
+    subnet,
+)
+from airut_core.spool import (
+    Doorbell,
+    RecordError,
+    Stage,
+    failures,
+    record_failure,
+    utc_now,
+    write_atomic,
+)
+from airut_runner import (
+    container,
+    images,
+    outbox,
+    outcome,
+    prompt,
+    stream,
+    surrogates,
+    units,
+    workspace,
+)
 from airut_runner.images import ImageSpec
 from airut_runner.mirror import Mirror
 from airut_runner.outcome import Exit
@@ -49,6 +81,10 @@ from airut_runner.podman_api import Podman
 logger = logging.getLogger("airut.runner")
 
 SCAN_INTERVAL = 5.0  # seconds between rescans when nothing rings
+PROXY_UNIT = "airut-proxy.service"
+SANDBOX_OFF = ("Warning: the network sandbox is off for this repository "
+               "(repos.{repo}.network.sandbox: false): the agent had unrestricted network "
+               "access, and masked secrets were not available to it.")
 JANITOR_INTERVAL = 3600.0
 
 
@@ -64,6 +100,8 @@ class Prepared:
     image: ImageSpec
     build_context: Path | None  # set when the image must be built first
     rebuild: bool  # the image exists but is stale: build without cache
+    gateway: str  # this host's address on the task's network
+    policy: PolicyRecord | None  # the proxy's instructions; None when the sandbox is off
 
 
 class Runner:
@@ -80,7 +118,12 @@ class Runner:
         self.bell: Doorbell | None = None
         self.running: dict[str, str] = {}  # task -> unit
         self.preparing: dict[str, Future] = {}
-        self.building: dict[str, ImageSpec] = {}  # task -> the image it waits for
+        self.building: dict[str, Prepared] = {}  # tasks waiting for their image
+        self.policies = Stage(cfg.proxy.policies)
+        self.hosts_file = self.state_dir / "container-hosts"
+        write_atomic(self.hosts_file, container.HOSTS.encode(), mode=0o644)
+        self._subnet_lock = threading.Lock()
+        self._next_subnet = 0
         self.retry_at: dict[str, float] = {}
         self.image_created: dict[str, float] = {}  # tag -> build time, a cache
         self.current_images: dict[str, str] = {}  # repo -> tag of its default branch
@@ -294,8 +337,25 @@ class Runner:
                 mirror.export(spec.tree, context)
             else:
                 self.image_created[spec.tag] = created
-        gateway = self.podman.create_network(_resource(name), name)
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
+        secrets, policy = dict(repo.secrets), None
+        if repo.network.sandbox:
+            allowlist = self._allowlist(mirror)
+            masks = [Mask(env=env, surrogate=surrogates.surrogate(m.value), value=m.value,
+                          scopes=m.scopes, headers=m.headers,
+                          allow_foreign=m.allow_foreign_credentials)
+                     for env, m in repo.masked_secrets.items()]
+            secrets.update({m.env: m.surrogate for m in masks})
+            gateway = self.podman.create_network(_resource(name), name,
+                                                 subnet=self._allocate_subnet)
+            policy = PolicyRecord(
+                task_id=name, conversation_id=conv.conversation_id, repo=task.repo,
+                subnet=str(ipaddress.ip_network(f"{gateway}/24", strict=False)),
+                network_log=str(cdir / "network.log"), allowlist=allowlist, masks=masks)
+            base_url = self.cfg.agent.api_base_url
+        else:
+            gateway = self.podman.create_network(_resource(name), name)
+            base_url = container.host_url(self.cfg.agent.api_base_url, gateway)
         attached = []
         for t in [*merged, task]:
             attached += workspace.copy_attachments(t.attachments_dir, cdir / "inbox", owner)
@@ -303,10 +363,35 @@ class Runner:
         text = prompt.compose([*merged, task], attached,
                               recovery=conv.last_reply if fresh else None)
         write_atomic(cdir / "tasks" / f"{name}.prompt", text.encode(), mode=0o600)
-        env = container.env_file_text(repo.secrets, container.host_url(
-            self.cfg.agent.api_base_url, gateway), self.cfg.agent.env)
+        env = container.env_file_text(secrets, base_url, self.cfg.agent.env,
+                                      sandboxed=policy is not None)
         write_atomic(cdir / "tasks" / f"{name}.env", env.encode(), mode=0o600)
-        return Prepared(conv, spec, context, rebuild)
+        return Prepared(conv, spec, context, rebuild, gateway, policy)
+
+    def _allowlist(self, mirror: Mirror):
+        text = mirror.show(ALLOWLIST_FILE)
+        if text is None:
+            raise PermanentError(
+                f"the repository has no {ALLOWLIST_FILE} on its default branch, so the "
+                "agent could reach nothing, not even the model API. Add one (doc/"
+                "network-sandbox.md has an example), or turn the sandbox off for this "
+                "repository (network.sandbox: false)")
+        try:
+            return parse_allowlist(text, f"{ALLOWLIST_FILE} on the default branch")
+        except AllowlistError as e:
+            raise PermanentError(str(e)) from e
+
+    def _allocate_subnet(self) -> str:
+        """A /24 of the pool no task network uses, round robin (called by a worker)."""
+        with self._subnet_lock:
+            used = self.podman.task_subnets()
+            size = 1 << (24 - SUBNET_POOL.prefixlen)
+            for step in range(size):
+                n = (self._next_subnet + step) % size
+                if subnet(n) not in used:
+                    self._next_subnet = n + 1
+                    return subnet(n)
+        raise RuntimeError(f"every task subnet in {SUBNET_POOL} is in use")
 
     def collect_prepared(self) -> None:
         for name, future in list(self.preparing.items()):
@@ -325,7 +410,7 @@ class Runner:
                 if prepared.build_context:
                     self._start_build(name, prepared)
                 else:
-                    self.start_unit(name, prepared.conversation, prepared.image)
+                    self.start_unit(name, prepared)
             except Exception as e:
                 self._attempt_failed(name, e)
 
@@ -366,8 +451,8 @@ class Runner:
                                  spool_dir=str(self.spool.root),
                                  timeout=self.cfg.agent.build_timeout,
                                  no_cache=prepared.rebuild)
-        waiting = any(s.tag == spec.tag for s in self.building.values())
-        self.building[name] = spec
+        waiting = any(p.image.tag == spec.tag for p in self.building.values())
+        self.building[name] = prepared
         if waiting or not self.systemd.start(build.name, build.properties()):
             self._log(name).info("waiting for the image build %s already under way",
                                  build.name)
@@ -381,25 +466,23 @@ class Runner:
                 marker = self.spool.builds.read(build_name)
             except (FileNotFoundError, RecordError):
                 marker = {}
-            waiters = [n for n, s in self.building.items() if s.build_name == build_name]
+            waiters = [n for n, p in self.building.items() if p.image.build_name == build_name]
             ok = marker.get("service_result") == "success"
             for name in waiters:
-                spec = self.building.pop(name)
+                prepared = self.building.pop(name)
                 if ok:
-                    self.image_created[spec.tag] = time.time()
-                    self._start_waiter(name, spec)
+                    self.image_created[prepared.image.tag] = time.time()
+                    self._start_waiter(name, prepared)
                 else:
-                    self._build_failed(name, spec, marker.get("invocation_id"))
+                    self._build_failed(name, prepared.image, marker.get("invocation_id"))
             if ok:
                 logger.info("image %s built", f"{images.REPO_IMAGE}:{build_name}")
             self.spool.builds.remove(build_name)
             _remove_tree(self.state_dir / "builds" / build_name)
 
-    def _start_waiter(self, name: str, spec: ImageSpec) -> None:
+    def _start_waiter(self, name: str, prepared: Prepared) -> None:
         try:
-            record = self.spool.active.read(name)
-            conv = conversation.load(self.state_dir, record["conversation_id"])
-            self.start_unit(name, conv, spec)
+            self.start_unit(name, prepared)
         except Exception as e:
             self._attempt_failed(name, e)
 
@@ -422,7 +505,10 @@ class Runner:
 
     # -- running --------------------------------------------------------------
 
-    def start_unit(self, name: str, conv: Conversation, image: ImageSpec) -> None:
+    def start_unit(self, name: str, prepared: Prepared) -> None:
+        conv, image, policy = prepared.conversation, prepared.image, prepared.policy
+        if policy:
+            self._check_sandbox()
         record = self.spool.active.read(name)
         task = TaskRecord.from_dict(record, f"active/{name}")
         repo = self.cfg.repo(task.repo)
@@ -435,14 +521,23 @@ class Runner:
             unit = unit.replace(".service", "-fresh.service")
         state.update({"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
                       "started": utc_now(), "stop_requested": False,
-                      "resumed": bool(conv.session_id)})
+                      "resumed": bool(conv.session_id), "sandbox": policy is not None})
         self.spool.active.put(name, record)
+        if policy:
+            self._write_policy(policy)
+        else:
+            self._log(name, task).warning("the network sandbox is off for repository %s: "
+                                          "the task has unrestricted network access",
+                                          task.repo)
         run = container.AgentRun(
             container_name=_resource(name), conversation_dir=cdir, image=image.tag,
             claude_binary=self.cfg.agent.claude_binary, network=_resource(name),
             model=conv.model, env_file=cdir / "tasks" / f"{name}.env",
             host_uid_base=self.cfg.agent.host_uid_base, effort=conv.effort,
-            resume_session=conv.session_id)
+            resume_session=conv.session_id,
+            sandbox_gateway=prepared.gateway if policy else None,
+            proxy_ca=self.cfg.proxy.ca_cert if policy else None,
+            hosts_file=str(self.hosts_file))
         task_unit = units.TaskUnit(
             name=unit, argv=run.argv(), stdin_file=cdir / "tasks" / f"{name}.prompt",
             stdout_file=events, spool_dir=str(self.spool.root), task_id=name,
@@ -500,12 +595,16 @@ class Runner:
                                   self.cfg.execution.outbox_max_bytes)
         if cdir:
             (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
+        self.policies.remove(name)
         self._remove_network(name)
+        self.building.pop(name, None)
         text = outcome.reply_text(result, summary, limits, repo_id,
                                   note=outcome.CONTEXT_RESET_NOTE.get(state.get("fresh_retry"),
                                                                       ""))
         if sent.notes:
             text = f"{text}\n\n{sent.note()}"
+        if state.get("sandbox") is False:
+            text = f"{text}\n\n{SANDBOX_OFF.format(repo=repo_id)}"
         if conv:
             self._record_reply(conv, name, result, summary)
         self._reply(name, task, text, result, unit=state.get("unit"), usage=summary.usage(),
@@ -540,6 +639,31 @@ class Runner:
         self.spool.active.put(name, record)
         self.spool.finished.remove(name)
         self._prepare(name)
+
+    def _check_sandbox(self) -> None:
+        """The proxy and the firewall must be up before a sandboxed task starts."""
+        if self.systemd.active_state(PROXY_UNIT) != "active":
+            raise RuntimeError(f"the network proxy ({PROXY_UNIT}) is not running, so the "
+                               "task cannot start safely; the operator should check "
+                               f"`systemctl status {PROXY_UNIT}`")
+        firewall = subprocess.run(["nft", "list", "table", "inet", "airut"],
+                                  capture_output=True, timeout=10)
+        if firewall.returncode != 0:
+            raise RuntimeError("the airut firewall is not loaded (airut-firewall.service), "
+                               "so the task cannot start safely")
+        if not Path(self.cfg.proxy.ca_cert).is_file():
+            raise RuntimeError(f"the proxy's CA certificate is missing at "
+                               f"{self.cfg.proxy.ca_cert} (proxy.ca_cert)")
+
+    def _write_policy(self, policy: PolicyRecord) -> None:
+        """The policy (real secret values inside) readable by the proxy's group only."""
+        gid = grp.getgrnam(PROXY_GROUP).gr_gid
+        log_file = Path(policy.network_log)
+        log_file.touch(mode=0o640)
+        os.chown(log_file, pwd.getpwnam(PROXY_GROUP).pw_uid, gid)
+        self.policies.ensure(mode=0o750)
+        os.chown(self.policies.path, 0, gid)
+        self.policies.put(policy.task_id, policy.to_dict(), gid=gid)
 
     def _remove_network(self, name: str) -> None:
         try:

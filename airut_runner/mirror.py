@@ -88,6 +88,14 @@ class Mirror:
             except GitError:
                 return None
 
+    def show(self, path: str) -> str | None:
+        """A file's text on the default branch; None if there is no such file."""
+        with self._lock(fcntl.LOCK_SH):
+            try:
+                return git("show", f"{self.default_branch()}:{path}", cwd=self.path)
+            except GitError:
+                return None
+
     def has_file(self, tree: str, name: str) -> bool:
         try:
             git("cat-file", "-e", f"{tree}:{name}", cwd=self.path)

@@ -9,7 +9,9 @@ socket-activated service may have gone idle in between.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+from collections.abc import Callable
 
 from podman import PodmanClient
 from podman.errors import APIError, ImageNotFound, NotFound
@@ -40,16 +42,33 @@ class Podman:
                 return None
         return epoch(created)
 
-    def create_network(self, name: str, task: str) -> str:
+    def create_network(self, name: str, task: str, subnet: Callable[[], str] | None = None,
+                       ) -> str:
         """The task's own network (idempotent): its bridge has the task as only port.
-        Returns the gateway address, which is this host as seen from the task."""
+
+        With `subnet` (called only when the network is new) the network is internal,
+        without podman's DNS: the sandbox. Returns the gateway address, which is this
+        host as seen from the task.
+        """
         with self.client() as c:
             if c.networks.exists(name):
                 network = c.networks.get(name)
+            elif subnet:
+                cidr = subnet()
+                gateway = str(next(ipaddress.ip_network(cidr).hosts()))
+                network = c.networks.create(
+                    name, internal=True, dns_enabled=False, labels={TASK_LABEL: task},
+                    subnets=[{"subnet": cidr, "gateway": gateway}])
             else:
                 network = c.networks.create(name, labels={TASK_LABEL: task})
         subnets = network.attrs.get("subnets") or [{}]
         return subnets[0].get("gateway", "")
+
+    def task_subnets(self) -> set[str]:
+        """Subnets of the task networks that exist now."""
+        with self.client() as c:
+            return {s.get("subnet") for n in c.networks.list(filters={"label": TASK_LABEL})
+                    for s in n.attrs.get("subnets") or []}
 
     def remove_network(self, name: str) -> None:
         with self.client() as c, contextlib.suppress(NotFound):

@@ -24,6 +24,7 @@ SLICE = "airut-tasks.slice"
 # Transient properties systemd 252 accepts that pystemd 0.15 has no signature for.
 _sig.KNOWN_UNIT_SIGNATURES.setdefault(b"LogExtraFields", b"aay")
 _sig.KNOWN_UNIT_SIGNATURES.setdefault(b"StandardInputFile", b"s")
+_sig.KNOWN_UNIT_SIGNATURES.setdefault(b"OOMPolicy", b"s")
 
 
 def unit_name(conversation_id: str, task_id: str) -> str:
@@ -60,6 +61,9 @@ class TaskUnit:
             b"SyslogIdentifier": b"airut-task",
             b"LogExtraFields": [f"{k}={v}".encode() for k, v in fields.items()],
             b"MemoryMax": self.limits.memory,
+            # Any process of the task killed for memory stops the whole task (cgroup v2;
+            # v1 cannot see such kills).
+            b"OOMPolicy": b"stop",
             b"CPUQuotaPerSecUSec": int(self.limits.cpus * 1_000_000),
             b"TasksMax": self.limits.pids_limit,
             b"RuntimeMaxUSec": self.limits.timeout * 1_000_000,
@@ -97,6 +101,9 @@ class Systemd:
 
     def stop(self, name: str) -> None:
         self._manager.Manager.StopUnit(name.encode(), b"replace")
+
+    def active_state(self, name: str) -> str | None:
+        return self.loaded(name).get(name)
 
     def loaded(self, prefix: str = UNIT_PREFIX) -> dict[str, str]:
         """Loaded units whose names start with prefix, and their ActiveState."""

@@ -20,7 +20,7 @@ from datetime import datetime
 from airut_core.paths import Spool
 from bench.common import claim_times, first_requests, ms, one_at_a_time, percentile, submit
 from bench.common import wait_reply as wait
-from tests.system.lab import Lab, base_config
+from tests.system.lab import WRITE_ALLOWLIST, Lab, base_config
 
 CONVERSATIONS = 10
 WORK = [{"tool": "Bash", "input": {"command": "sleep 1"}}, {"text": "ok"}]
@@ -30,6 +30,7 @@ rm -rf /tmp/bench-image /srv/git/bench-image.git && mkdir -p /tmp/bench-image/.a
 cd /tmp/bench-image && git init -q -b main
 printf 'FROM localhost/airut-base:latest\\nRUN echo 0 > /etc/generation\\n' \\
   > .airut/container/Dockerfile
+""" + WRITE_ALLOWLIST + """
 git add -A && git -c user.name=B -c user.email=b@x commit -qm image
 git clone -q --bare /tmp/bench-image /srv/git/bench-image.git
 """

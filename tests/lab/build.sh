@@ -25,7 +25,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 APT="apt-get -o DPkg::Lock::Timeout=600 -q"
 HOST_PKGS="systemd-container mmdebstrap podman runc netavark aardvark-dns iptables uidmap
   catatonit libsystemd-dev pkg-config gcc python3-dev python3-venv git ca-certificates
-  nftables iproute2 procps npm"
+  nftables iproute2 procps npm openssl"
 missing=$(for p in $HOST_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"; done)
 # npm may come with another Node.js installation; do not fight it.
 command -v npm >/dev/null && missing=$(echo "$missing" | grep -vx npm || true)
@@ -82,5 +82,20 @@ if [ ! -x "$CLAUDE_DIR/claude" ]; then
   cp "$bin" "$CLAUDE_DIR/claude.part" && mv "$CLAUDE_DIR/claude.part" "$CLAUDE_DIR/claude"
   rm -rf "$CLAUDE_DIR.npm"
   "$CLAUDE_DIR/claude" --version
+fi
+# A lab CA and a certificate for the names the demo model plays in the guest
+# (api.anthropic.com among them); airut-proxy is told to trust the CA upstream.
+TLS=$AIRUT_LAB/tls
+if [ ! -f "$TLS/server.pem" ]; then
+  step "lab TLS certificates"
+  mkdir -p "$TLS.new"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=airut lab CA" \
+    -keyout "$TLS.new/ca.key" -out "$TLS.new/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=api.anthropic.com" \
+    -keyout "$TLS.new/server.key" -out "$TLS.new/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:api.anthropic.com,DNS:allowed.test,DNS:paths.test,DNS:other.test,DNS:*.allowed.test\n' > "$TLS.new/ext"
+  openssl x509 -req -in "$TLS.new/server.csr" -CA "$TLS.new/ca.pem" -CAkey "$TLS.new/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$TLS.new/ext" -out "$TLS.new/server.pem" 2>/dev/null
+  rm -rf "$TLS" && mv "$TLS.new" "$TLS"
 fi
 step "lab ready in $AIRUT_LAB"

@@ -18,3 +18,6 @@ for unit in "$REPO"/units/*.service; do
     "$AIRUT_LAB/guest-venv" "$exe" "$args" > "$SYS/$name.d/lab.conf"
 done
 ln -sf "$AIRUT_LAB/guest-venv/bin/airut" "$ROOT/usr/local/bin/airut"
+install -D -m644 "$REPO/units/airut.nft" "$ROOT/usr/share/airut/airut.nft"
+install -D -m644 "$REPO/units/airut.sysusers" "$ROOT/usr/lib/sysusers.d/airut.conf"
+install -D -m644 "$REPO/units/airut.tmpfiles" "$ROOT/usr/lib/tmpfiles.d/airut.conf"

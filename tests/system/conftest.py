@@ -20,4 +20,5 @@ def lab():
         bomb={"resource_limits": {"pids_limit": 128, "timeout": 30}},
         imaged={"repo_url": "/srv/git/imaged.git"}))
     yield lab
-    lab.down()
+    if not os.environ.get("AIRUT_LAB_KEEP"):  # set it to look around after a failure
+        lab.down()

@@ -54,7 +54,8 @@ class Lab:
         self.leader = out.stdout.split()[-1]
         self.guest("sh", "-ec", SEED_REPO)
         self.guest("systemctl", "daemon-reload")
-        self.guest("systemctl", "start", "airut-demo-model.service", "airut-runner.service")
+        self.guest("systemctl", "start", "airut-demo-model.service", "airut-firewall.service",
+                   "airut-proxy.service", "airut-runner.service")
 
     def down(self) -> None:
         subprocess.run(["bash", str(LAB_DIR / "down.sh"), "10"], capture_output=True)
@@ -145,24 +146,44 @@ class Lab:
         return self.state / "conversations" / conversation_id
 
 
-SEED_REPO = """
+# The lab repositories' .airut/network-allowlist.yaml: the model API, one open
+# domain, and a path- and method-limited one (all served by the demo model).
+ALLOWLIST = """\
+domains:
+  - allowed.test
+url_prefixes:
+  - host: api.anthropic.com
+    path: /v1/messages*
+    methods: [POST]
+  - host: api.anthropic.com
+    path: /api/claude_code/*
+    methods: [GET]
+  - host: paths.test
+    path: /open/*
+    methods: [GET, HEAD]
+"""
+WRITE_ALLOWLIST = (f"mkdir -p .airut && cat > .airut/network-allowlist.yaml <<'EOF'\n"
+                   f"{ALLOWLIST}EOF\n")
+
+SEED_REPO = f"""
 rm -rf /tmp/seed /srv/git/demo.git && mkdir -p /srv/git /tmp/seed && cd /tmp/seed
 git init -q -b main
 printf '# Test project\\n' > README.md
-git add README.md
+{WRITE_ALLOWLIST}
+git add -A
 git -c user.name=Test -c user.email=test@example.com commit -qm 'Start'
 git clone -q --bare /tmp/seed /srv/git/demo.git
 """
+REAL_API_KEY = "sk-ant-api03-REAL-lab-key-0123456789abcdefghij"
 
 
 def base_config(**repos: dict) -> dict:
     """A configuration for the lab: the demo model as the API, quick retries."""
-    default_repo = {"repo_url": "/srv/git/demo.git",
-                    "secrets": {"ANTHROPIC_API_KEY": "sk-ant-test-key"}}
+    default_repo = {"repo_url": "/srv/git/demo.git", "masked_secrets": {"ANTHROPIC_API_KEY": {
+        "value": REAL_API_KEY, "scopes": ["api.anthropic.com"], "headers": ["x-api-key"]}}}
     return {
         # One API retry: the failure scenarios answer in a second, not in minutes.
-        "agent": {"api_base_url": "http://host.containers.internal:8765",
-                  "env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
+        "agent": {"env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
         "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5,
                       "outbox_max_bytes": "1M"},
         "repos": {name: {**default_repo, **settings} for name, settings in repos.items()},

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.system.lab import WRITE_ALLOWLIST
+
 
 def bash(command: str) -> dict:
     return {"tool": "Bash", "input": {"command": command}}
@@ -177,14 +179,18 @@ def test_fork_bomb_stops_at_tasks_max_and_the_host_is_fine(lab):
 
 # -- images from the default branch -------------------------------------------------------
 
-IMAGED_REPO = """
+def imaged_repo(version: str) -> str:
+    """/srv/git/imaged.git whose image writes `version` into /etc/image-version."""
+    return f"""
 rm -rf /tmp/imaged /srv/git/imaged.git && mkdir -p /tmp/imaged/.airut/container && cd /tmp/imaged
 git init -q -b main
-printf 'FROM localhost/airut-base:latest\\nRUN echo v1 > /etc/image-version\\n' \\
+printf 'FROM localhost/airut-base:latest\\nRUN echo {version} > /etc/image-version\\n' \\
   > .airut/container/Dockerfile
-git add -A && git -c user.name=T -c user.email=t@x commit -qm 'Container v1'
+{WRITE_ALLOWLIST}
+git add -A && git -c user.name=T -c user.email=t@x commit -qm 'Container {version}'
 git clone -q --bare /tmp/imaged /srv/git/imaged.git
 """
+
 
 MERGE_V2 = """
 cd /tmp/imaged && git pull -q /srv/git/imaged.git main
@@ -195,7 +201,7 @@ git push -q /srv/git/imaged.git main
 
 
 def test_image_comes_from_the_default_branch_not_the_workspace(lab):
-    lab.guest("sh", "-ec", IMAGED_REPO)
+    lab.guest("sh", "-ec", imaged_repo("v1"))
     marker = lab.scenario("image-version", [bash("cat /etc/image-version"),
                                             say("version {tool_result}")])
     edit = lab.scenario("edit-dockerfile", [
@@ -222,7 +228,7 @@ def test_image_comes_from_the_default_branch_not_the_workspace(lab):
 
 
 def test_concurrent_tasks_build_an_image_once(lab):
-    lab.guest("sh", "-ec", IMAGED_REPO.replace("v1", "once"))
+    lab.guest("sh", "-ec", imaged_repo("once"))
     marker = lab.scenario("image-once", [bash("cat /etc/image-version"), say("{tool_result}")])
     tasks = [lab.submit_no_wait(f"{marker} task {i}", repo="imaged") for i in range(3)]
     replies = [lab.wait_reply(t, timeout=180) for t in tasks]
@@ -307,7 +313,7 @@ def test_housekeeping_removes_old_conversations_and_unused_images(lab):
     path = lab.conversation_dir(old["conversation_id"]) / "conversation.json"
     month_ago = time.time() - 30 * 86400
     os.utime(path, (month_ago, month_ago))
-    lab.guest("sh", "-ec", IMAGED_REPO.replace("v1", "prune-me"))
+    lab.guest("sh", "-ec", imaged_repo("prune-me"))
     marker = lab.scenario("prune-image", [say("ok")])
     assert lab.submit(f"{marker} build it", repo="imaged", timeout=180)["outcome"] == "success"
     old_tag = re.findall(r"image (localhost/airut-repo:\w+)", lab.journal(

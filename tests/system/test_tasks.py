@@ -56,7 +56,10 @@ def test_task_runs_in_a_transient_unit_with_its_limits(lab):
 
 
 def test_memory_limit_kills_the_agent_and_the_reply_says_so(lab):
-    hog = "perl -e '$x = \"a\" x (1024*1024*1024); print length($x)'"
+    # Twelve processes of 40 MiB each: together past the 320 MiB limit, each smaller
+    # than the agent, so the kernel picks the agent itself.
+    hog = ("for i in $(seq 12); do perl -e '$x = \"a\" x (40 << 20); sleep 30' & done; "
+           "wait")
     marker = lab.scenario("oom", [{"tool": "Bash", "input": {"command": hog}},
                                   {"text": "I allocated a gigabyte."}])
     reply = lab.submit(f"{marker} use a lot of memory", repo="small")

@@ -1,0 +1,97 @@
+"""The network sandbox's contract: the allowlist format and the per-task policy.
+
+The runner reads a repository's `.airut/network-allowlist.yaml` from its default
+branch, and writes one policy per running task into /run/airut/policies (whole file,
+then rename); airut-proxy reads them. A policy says which network the task is on,
+what it may reach, and which surrogate credentials to swap for real ones. No policy
+for a client: no traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, ClassVar
+
+import yaml
+
+from airut_core import schema
+from airut_core.records import Record, TaskId
+from airut_core.schema import SchemaError
+
+ALLOWLIST_FILE = ".airut/network-allowlist.yaml"
+DEFAULT_POLICIES = Path("/run/airut/policies")
+# Every task network is a /24 in this range; the firewall (airut.nft) knows it too.
+SUBNET_POOL = ipaddress.ip_network("10.199.0.0/16")
+PROXY_PORT = 29080  # 80 and 443 from task networks are redirected here
+DNS_PORT = 29053  # 53 (udp, tcp) from task networks is redirected here
+PROXY_GROUP = "airut-proxy"
+
+
+class AllowlistError(ValueError):
+    pass
+
+
+@dataclass
+class UrlPrefix:
+    host: str
+    path: str = ""  # glob; empty means any path
+    methods: list[str] = field(default_factory=list)  # empty means any method
+
+
+@dataclass
+class Allowlist:
+    domains: list[str] = field(default_factory=list)  # host globs: any path, any method
+    url_prefixes: list[UrlPrefix] = field(default_factory=list)
+
+
+def parse_allowlist(text: str, source: str) -> Allowlist:
+    """airut's format, read as it is: `domains:` and `url_prefixes:`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise AllowlistError(f"{source}: not valid YAML: {e}") from e
+    try:
+        allowlist = schema.build(Allowlist, data if data is not None else {})
+    except SchemaError as e:
+        raise AllowlistError(f"{source}: {e}") from e
+    for i, prefix in enumerate(allowlist.url_prefixes):
+        prefix.methods = [m.upper() for m in prefix.methods]
+        if not prefix.host:
+            raise AllowlistError(f"{source}: url_prefixes[{i}].host: must not be empty")
+    return allowlist
+
+
+@dataclass
+class Mask:
+    """A masked secret: the container holds `surrogate`, the proxy sends `value`."""
+
+    env: str
+    surrogate: str
+    value: str
+    scopes: list[str]  # host globs where the swap happens
+    headers: list[str]  # header name globs where it happens
+    allow_foreign: bool = False  # keep other credentials in those headers on scoped hosts
+
+
+@dataclass
+class PolicyRecord(Record):
+    KIND: ClassVar[str] = "policy"
+    task_id: TaskId
+    conversation_id: str
+    repo: str
+    subnet: Annotated[str, schema.Match(re.compile(r"^10\.199\.\d{1,3}\.0/24$"),
+                                        "task subnet")]
+    network_log: str
+    allowlist: Allowlist = field(default_factory=Allowlist)
+    masks: list[Mask] = field(default_factory=list)
+
+    @property
+    def gateway(self) -> str:
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+
+def subnet(n: int) -> str:
+    return f"{SUBNET_POOL.network_address + (n << 8)}/24"
