@@ -58,6 +58,7 @@ class RepoConfig:
     # The agent sees a surrogate of the same shape; only the proxy holds the value.
     masked_secrets: dict[str, MaskedSecret] = field(default_factory=dict)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    api_base_url: str | None = None  # this repository's model API, over agent.api_base_url
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"

@@ -112,6 +112,6 @@ def next_turn(scenario: dict[str, Any], position: Position) -> dict[str, Any]:
         return {"text": "(The scripted conversation has ended.)"}
     turn = dict(turns[position.turn])
     if "text" in turn:
-        turn["text"] = (turn["text"].replace("{tool_result}", position.last_tool_result[:2000])
+        turn["text"] = (turn["text"].replace("{tool_result}", position.last_tool_result[:20000])
                         .replace("{prompt}", position.user_text()[:2000]))
     return turn

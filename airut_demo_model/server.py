@@ -44,7 +44,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.record(self, None)
-        self._json(200, self._echo(None))
+        if self.path.startswith("/api/"):
+            # Claude Code's own side calls (settings, policy limits): "nothing here"
+            # ends them at once, where an unexpected 200 makes the CLI retry.
+            self._json(404, _error("not_found_error", f"no route {self.path}"))
+        else:
+            self._json(200, self._echo(None))
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -352,10 +352,11 @@ class Runner:
                 task_id=name, conversation_id=conv.conversation_id, repo=task.repo,
                 subnet=str(ipaddress.ip_network(f"{gateway}/24", strict=False)),
                 network_log=str(cdir / "network.log"), allowlist=allowlist, masks=masks)
-            base_url = self.cfg.agent.api_base_url
+            base_url = repo.api_base_url or self.cfg.agent.api_base_url
         else:
             gateway = self.podman.create_network(_resource(name), name)
-            base_url = container.host_url(self.cfg.agent.api_base_url, gateway)
+            base_url = container.host_url(repo.api_base_url or self.cfg.agent.api_base_url,
+                                          gateway)
         attached = []
         for t in [*merged, task]:
             attached += workspace.copy_attachments(t.attachments_dir, cdir / "inbox", owner)

@@ -46,10 +46,13 @@ if [ ! -f "$AIRUT_LAB/guest/.complete" ]; then
   touch "$AIRUT_LAB/guest/.complete"
 fi
 
-if [ ! -f "$AIRUT_LAB/base.tar" ]; then
+# The agent's base image: git for the agent, curl and python3 for the sandbox tests.
+BASE_PKGS=git,ca-certificates,procps,curl,python3
+if [ ! -f "$AIRUT_LAB/base.tar" ] || [ "$(cat "$AIRUT_LAB/base.pkgs" 2>/dev/null)" != "$BASE_PKGS" ]; then
   step "container base image tarball (mmdebstrap)"
-  retry 3 mmdebstrap --format=tar --variant=minbase --include=git,ca-certificates,procps bookworm "$AIRUT_LAB/base.tar.part"
+  retry 3 mmdebstrap --format=tar --variant=minbase --include=$BASE_PKGS bookworm "$AIRUT_LAB/base.tar.part"
   mv "$AIRUT_LAB/base.tar.part" "$AIRUT_LAB/base.tar"
+  echo "$BASE_PKGS" > "$AIRUT_LAB/base.pkgs"
 fi
 
 # Two venvs on Debian's /usr/bin/python3 (the interpreter the .deb targets):

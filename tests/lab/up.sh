@@ -77,8 +77,12 @@ for i in $(seq 1 300); do
   sleep 0.1
 done
 [ -f "/run/sdlab-$NAME.leader" ] || { echo "guest $NAME did not come up; see /run/sdlab-$NAME.log" >&2; exit 1; }
-# The agent's base image, imported once into the guest's own podman storage.
-if ! nsenter -t "$L" -a podman image exists localhost/airut-base:latest; then
+# The agent's base image, imported into the guest's own podman storage when the
+# tarball is new to it.
+stamp=$(stat -c %Y-%s "$AIRUT_LAB/base.tar")
+if [ "$(cat "$ROOT/var/lib/airut-lab-base.stamp" 2>/dev/null)" != "$stamp" ] || \
+   ! nsenter -t "$L" -a podman image exists localhost/airut-base:latest; then
   nsenter -t "$L" -a podman import -q /dev/stdin localhost/airut-base:latest < "$AIRUT_LAB/base.tar" >/dev/null
+  echo "$stamp" > "$ROOT/var/lib/airut-lab-base.stamp"
 fi
 echo "$L"

@@ -18,7 +18,11 @@ def lab():
         demo={}, small=LIMITED, broken={"repo_url": "/srv/git/missing.git"},
         cpu={"resource_limits": {"cpus": 0.5}},
         bomb={"resource_limits": {"pids_limit": 128, "timeout": 30}},
-        imaged={"repo_url": "/srv/git/imaged.git"}))
+        imaged={"repo_url": "/srv/git/imaged.git"},
+        # Break-glass: no proxy; the agent talks to the demo model's plain port directly.
+        open={"network": {"sandbox": False}, "masked_secrets": {},
+              "secrets": {"ANTHROPIC_API_KEY": "sk-ant-plain-open-key"},
+              "api_base_url": "http://host.containers.internal:8765"}))
     yield lab
     if not os.environ.get("AIRUT_LAB_KEEP"):  # set it to look around after a failure
         lab.down()

@@ -175,12 +175,16 @@ git -c user.name=Test -c user.email=test@example.com commit -qm 'Start'
 git clone -q --bare /tmp/seed /srv/git/demo.git
 """
 REAL_API_KEY = "sk-ant-api03-REAL-lab-key-0123456789abcdefghij"
+REAL_GH_TOKEN = "ghp_REALlabGitHubToken0123456789abcdefgh"
 
 
 def base_config(**repos: dict) -> dict:
     """A configuration for the lab: the demo model as the API, quick retries."""
-    default_repo = {"repo_url": "/srv/git/demo.git", "masked_secrets": {"ANTHROPIC_API_KEY": {
-        "value": REAL_API_KEY, "scopes": ["api.anthropic.com"], "headers": ["x-api-key"]}}}
+    default_repo = {"repo_url": "/srv/git/demo.git", "masked_secrets": {
+        "ANTHROPIC_API_KEY": {"value": REAL_API_KEY, "scopes": ["api.anthropic.com"],
+                              "headers": ["x-api-key"]},
+        "GH_TOKEN": {"value": REAL_GH_TOKEN, "scopes": ["allowed.test"],
+                     "headers": ["Authorization"]}}}
     return {
         # One API retry: the failure scenarios answer in a second, not in minutes.
         "agent": {"env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
