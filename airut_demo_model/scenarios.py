@@ -35,8 +35,9 @@ BUILTIN: dict[str, dict[str, Any]] = {
                 "description": "Write NOTES.md"}},
             {"text": "I looked at the repository and wrote `NOTES.md`.\n\n"
                      "What `git status` shows now:\n\n```\n{tool_result}\n```\n\n"
-                     "(This answer comes from airut's offline demo model: point "
-                     "`agent.api_base_url` at Anthropic's API for a real agent.)"},
+                     "(This answer comes from airut's offline demo model; with a real "
+                     "Anthropic API key in airut.yaml, a real agent answers. See "
+                     "doc/configuration.md.)"},
         ]
     },
     "echo": {"turns": [{"text": "You said: {prompt}"}]},

@@ -18,7 +18,8 @@ G="$HERE/guest.sh"
 say "a sample repository: /srv/git/demo.git"
 $G sh -ec 'rm -rf /tmp/seed && mkdir -p /srv/git /tmp/seed && cd /tmp/seed && git init -q -b main
   printf "# Demo project\n\nA repository for airut'"'"'s demo.\n" > README.md
-  git add README.md && git -c user.name=Demo -c user.email=demo@example.com commit -qm "Start the demo project"
+  mkdir -p .airut && printf "url_prefixes:\n  - host: api.anthropic.com\n    path: /v1/messages*\n    methods: [POST]\n  - host: api.anthropic.com\n    path: /api/claude_code/*\n    methods: [GET]\n" > .airut/network-allowlist.yaml
+  git add -A && git -c user.name=Demo -c user.email=demo@example.com commit -qm "Start the demo project"
   git clone -q --bare /tmp/seed /srv/git/demo.git'
 
 say "configuration: /etc/airut/airut.yaml"
@@ -27,7 +28,8 @@ $G airut check-config
 
 say "starting airut.target"
 $G systemctl daemon-reload
-$G systemctl enable -q airut.target airut-runner.service airut-demo-model.service
+$G systemctl enable -q airut.target airut-runner.service airut-proxy.service \
+  airut-firewall.service airut-demo-model.service
 $G systemctl start airut.target airut-demo-model.service
 $G systemctl --no-pager list-units 'airut*'
 
@@ -48,6 +50,9 @@ $G journalctl --no-pager -o short AIRUT_TASK="$task" | grep -v ' podman\[' || tr
 
 say "the agent's workspace: /var/lib/airut/conversations/$conv/workspace (owned by the container's uid, not root)"
 $G sh -c "cd /var/lib/airut/conversations/$conv/workspace && ls -ln NOTES.md && git -c safe.directory=\"*\" status --short && cat NOTES.md"
+
+say "its network log: every request it made, through airut-proxy"
+$G cat "/var/lib/airut/conversations/$conv/network.log"
 
 cat <<MSG
 
