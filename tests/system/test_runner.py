@@ -156,25 +156,26 @@ def test_fork_bomb_stops_at_tasks_max_and_the_host_is_fine(lab):
     marker = lab.scenario("bomb", [bash("b() { b | b & }; b; sleep 25"), say("done")])
     task = lab.submit_no_wait(f"{marker} fork forever", repo="bomb")
     unit = lab.wait_for_unit(task)
-    peak, limit = 0, None
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    samples, saturated = [], 0
+    deadline = time.monotonic() + 20
+    while saturated < 10 and time.monotonic() < deadline:
         props = lab.unit_properties(unit, "TasksCurrent", "TasksMax")
-        if "TasksCurrent" not in props or not props["TasksCurrent"].isdigit():
-            break
-        limit = int(props["TasksMax"])
-        peak = max(peak, int(props["TasksCurrent"]))
-        if peak >= limit - 5:
-            break
-        time.sleep(0.2)
-    assert limit == 128
-    assert limit - 5 <= peak <= limit, f"peak {peak} tasks"
+        if props.get("TasksCurrent", "").isdigit():
+            samples.append(int(props["TasksCurrent"]))
+            saturated = saturated + 1 if samples[-1] >= 126 else 0
+    assert props["TasksMax"] == "128"
+    # A fork bomb doubles in microseconds: held at the limit for ten readings in a
+    # row, and never above it, the limit is what stops it.
+    assert saturated >= 10, f"never held at the limit: {samples[-20:]}"
+    assert max(samples) <= 128, max(samples)
     started = time.monotonic()
     lab.guest("true")  # the guest still starts processes at once
     assert time.monotonic() - started < 2
     lab.guest("airut", "stop", task)
     reply = lab.wait_reply(task, timeout=60)
-    assert reply["outcome"] == "stopped", reply
+    # Stopped, or failed when the bomb left the agent itself no room for a thread.
+    assert reply["outcome"] in ("stopped", "failed"), reply
+    assert not [u for u in lab.task_units() if task in u]
 
 
 # -- images from the default branch -------------------------------------------------------
