@@ -256,3 +256,15 @@ def test_break_glass_runs_without_the_sandbox_and_says_so(lab):
     assert "the network sandbox is off for this repository" in reply["text"]
     assert "network sandbox is off for repository open" in lab.journal(
         f"AIRUT_TASK={reply['task_id']}")
+
+
+def test_policy_lives_only_while_the_task_runs_and_secrets_stay_out_of_logs(lab, probe):
+    task = probe["reply"]["task_id"]
+    assert lab.guest("test", "-e", f"/run/airut/policies/{task}.json",
+                     check=False).returncode == 1
+    mode = lab.guest("stat", "-c", "%a %U %G", "/run/airut/policies").stdout.split()
+    assert mode == ["750", "root", "airut-proxy"]
+    logs = lab.journal() + probe["log"]
+    assert "airut-proxy" in logs
+    for secret in (REAL_API_KEY, REAL_GH_TOKEN):
+        assert secret not in logs
