@@ -20,16 +20,13 @@ units named in active/ and prepares the rest again (preparation is idempotent).
 from __future__ import annotations
 
 import argparse
-import grp
 import ipaddress
 import logging
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,20 +40,10 @@ from airut_core.config import Config, ConfigError, ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.paths import Spool
 from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
-from airut_core.sandbox import (
-    ALLOWLIST_FILE,
-    PROXY_GROUP,
-    SUBNET_POOL,
-    AllowlistError,
-    Mask,
-    PolicyRecord,
-    parse_allowlist,
-    subnet,
-)
+from airut_core.sandbox import PolicyRecord
 from airut_core.spool import (
     Doorbell,
     RecordError,
-    Stage,
     failures,
     record_failure,
     utc_now,
@@ -64,12 +51,12 @@ from airut_core.spool import (
 )
 from airut_runner import (
     container,
+    housekeeping,
     images,
     outbox,
     outcome,
     prompt,
     stream,
-    surrogates,
     units,
     workspace,
 )
@@ -77,11 +64,11 @@ from airut_runner.images import ImageSpec
 from airut_runner.mirror import Mirror
 from airut_runner.outcome import Exit
 from airut_runner.podman_api import Podman
+from airut_runner.sandbox import PROXY_UNIT, NetworkSandbox, SandboxError
 
 logger = logging.getLogger("airut.runner")
 
 SCAN_INTERVAL = 5.0  # seconds between rescans when nothing rings
-PROXY_UNIT = "airut-proxy.service"
 SANDBOX_OFF = ("Warning: the network sandbox is off for this repository "
                "(repos.{repo}.network.sandbox: false): the agent had unrestricted network "
                "access, and masked secrets were not available to it.")
@@ -119,11 +106,9 @@ class Runner:
         self.running: dict[str, str] = {}  # task -> unit
         self.preparing: dict[str, Future] = {}
         self.building: dict[str, Prepared] = {}  # tasks waiting for their image
-        self.policies = Stage(cfg.proxy.policies)
+        self.sandbox = NetworkSandbox(cfg.proxy, self.podman.task_subnets)
         self.hosts_file = self.state_dir / "container-hosts"
         write_atomic(self.hosts_file, container.HOSTS.encode(), mode=0o644)
-        self._subnet_lock = threading.Lock()
-        self._next_subnet = 0
         self.retry_at: dict[str, float] = {}
         self.image_created: dict[str, float] = {}  # tag -> build time, a cache
         self.current_images: dict[str, str] = {}  # repo -> tag of its default branch
@@ -340,14 +325,14 @@ class Runner:
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
         secrets, policy = dict(repo.secrets), None
         if repo.network.sandbox:
-            allowlist = self._allowlist(mirror)
-            masks = [Mask(env=env, surrogate=surrogates.surrogate(m.value), value=m.value,
-                          scopes=m.scopes, headers=m.headers,
-                          allow_foreign=m.allow_foreign_credentials)
-                     for env, m in repo.masked_secrets.items()]
+            try:
+                allowlist = self.sandbox.allowlist(mirror)
+            except SandboxError as e:
+                raise PermanentError(str(e)) from e
+            masks = self.sandbox.masks(repo)
             secrets.update({m.env: m.surrogate for m in masks})
             gateway = self.podman.create_network(_resource(name), name,
-                                                 subnet=self._allocate_subnet)
+                                                 subnet=self.sandbox.allocate_subnet)
             policy = PolicyRecord(
                 task_id=name, conversation_id=conv.conversation_id, repo=task.repo,
                 subnet=str(ipaddress.ip_network(f"{gateway}/24", strict=False)),
@@ -368,31 +353,6 @@ class Runner:
                                       sandboxed=policy is not None)
         write_atomic(cdir / "tasks" / f"{name}.env", env.encode(), mode=0o600)
         return Prepared(conv, spec, context, rebuild, gateway, policy)
-
-    def _allowlist(self, mirror: Mirror):
-        text = mirror.show(ALLOWLIST_FILE)
-        if text is None:
-            raise PermanentError(
-                f"the repository has no {ALLOWLIST_FILE} on its default branch, so the "
-                "agent could reach nothing, not even the model API. Add one (doc/"
-                "network-sandbox.md has an example), or turn the sandbox off for this "
-                "repository (network.sandbox: false)")
-        try:
-            return parse_allowlist(text, f"{ALLOWLIST_FILE} on the default branch")
-        except AllowlistError as e:
-            raise PermanentError(str(e)) from e
-
-    def _allocate_subnet(self) -> str:
-        """A /24 of the pool no task network uses, round robin (called by a worker)."""
-        with self._subnet_lock:
-            used = self.podman.task_subnets()
-            size = 1 << (24 - SUBNET_POOL.prefixlen)
-            for step in range(size):
-                n = (self._next_subnet + step) % size
-                if subnet(n) not in used:
-                    self._next_subnet = n + 1
-                    return subnet(n)
-        raise RuntimeError(f"every task subnet in {SUBNET_POOL} is in use")
 
     def collect_prepared(self) -> None:
         for name, future in list(self.preparing.items()):
@@ -479,7 +439,7 @@ class Runner:
             if ok:
                 logger.info("image %s built", f"{images.REPO_IMAGE}:{build_name}")
             self.spool.builds.remove(build_name)
-            _remove_tree(self.state_dir / "builds" / build_name)
+            shutil.rmtree(self.state_dir / "builds" / build_name, ignore_errors=True)
 
     def _start_waiter(self, name: str, prepared: Prepared) -> None:
         try:
@@ -509,7 +469,7 @@ class Runner:
     def start_unit(self, name: str, prepared: Prepared) -> None:
         conv, image, policy = prepared.conversation, prepared.image, prepared.policy
         if policy:
-            self._check_sandbox()
+            self.sandbox.check_ready(self.systemd.active_state(PROXY_UNIT))
         record = self.spool.active.read(name)
         task = TaskRecord.from_dict(record, f"active/{name}")
         repo = self.cfg.repo(task.repo)
@@ -525,7 +485,7 @@ class Runner:
                       "resumed": bool(conv.session_id), "sandbox": policy is not None})
         self.spool.active.put(name, record)
         if policy:
-            self._write_policy(policy)
+            self.sandbox.write_policy(policy)
         else:
             self._log(name, task).warning("the network sandbox is off for repository %s: "
                                           "the task has unrestricted network access",
@@ -596,7 +556,7 @@ class Runner:
                                   self.cfg.execution.outbox_max_bytes)
         if cdir:
             (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
-        self.policies.remove(name)
+        self.sandbox.remove_policy(name)
         self._remove_network(name)
         self.building.pop(name, None)
         text = outcome.reply_text(result, summary, limits, repo_id,
@@ -640,31 +600,6 @@ class Runner:
         self.spool.active.put(name, record)
         self.spool.finished.remove(name)
         self._prepare(name)
-
-    def _check_sandbox(self) -> None:
-        """The proxy and the firewall must be up before a sandboxed task starts."""
-        if self.systemd.active_state(PROXY_UNIT) != "active":
-            raise RuntimeError(f"the network proxy ({PROXY_UNIT}) is not running, so the "
-                               "task cannot start safely; the operator should check "
-                               f"`systemctl status {PROXY_UNIT}`")
-        firewall = subprocess.run(["nft", "list", "table", "inet", "airut"],
-                                  capture_output=True, timeout=10)
-        if firewall.returncode != 0:
-            raise RuntimeError("the airut firewall is not loaded (airut-firewall.service), "
-                               "so the task cannot start safely")
-        if not Path(self.cfg.proxy.ca_cert).is_file():
-            raise RuntimeError(f"the proxy's CA certificate is missing at "
-                               f"{self.cfg.proxy.ca_cert} (proxy.ca_cert)")
-
-    def _write_policy(self, policy: PolicyRecord) -> None:
-        """The policy (real secret values inside) readable by the proxy's group only."""
-        gid = grp.getgrnam(PROXY_GROUP).gr_gid
-        log_file = Path(policy.network_log)
-        log_file.touch(mode=0o640)
-        os.chown(log_file, pwd.getpwnam(PROXY_GROUP).pw_uid, gid)
-        self.policies.ensure(mode=0o750)
-        os.chown(self.policies.path, 0, gid)
-        self.policies.put(policy.task_id, policy.to_dict(), gid=gid)
 
     def _remove_network(self, name: str) -> None:
         try:
@@ -760,61 +695,23 @@ class Runner:
         self.janitor()
 
     def janitor(self) -> None:
+        execution = self.cfg.execution
         try:
-            self._clean_replies()
-            self._clean_conversations()
-            self._prune_images()
+            housekeeping.clean_replies(self.spool, execution.reply_max_age_days)
+            in_use = ({self._conversation_of(n) for n in self.spool.active.names()}
+                      | {self._incoming_conversation(n) for n in self.spool.incoming.names()})
+            housekeeping.clean_conversations(self.spool, self.state_dir,
+                                             execution.conversation_max_age_days,
+                                             in_use - {None})
+            keep = set(self.current_images.values()) | {self.cfg.agent.image}
+            keep |= {t for n in self.spool.active.names() if (t := self._state(n).get("image"))}
+            for tag in housekeeping.prune_images(self.podman, keep):
+                self.image_created.pop(tag, None)
             for stage in (self.spool.incoming, self.spool.active, self.spool.finished,
                           self.spool.builds):
                 stage.clean_tmp()
         except Exception:
             logger.exception("housekeeping failed; trying again in an hour")
-
-    def _clean_replies(self) -> None:
-        max_age = self.cfg.execution.reply_max_age_days * 86400
-        local = self.spool.outgoing("local")
-        removed = local.clean(max_age)
-        for name in removed:
-            _remove_tree(local.path / f"{name}.files")
-        if removed:
-            logger.info("removed %d unclaimed local replies older than %g days",
-                        len(removed), self.cfg.execution.reply_max_age_days)
-
-    def _clean_conversations(self) -> None:
-        max_age = self.cfg.execution.conversation_max_age_days * 86400
-        busy = {self._conversation_of(n) for n in self.spool.active.names()}
-        waiting = {self._incoming_conversation(n) for n in self.spool.incoming.names()}
-        root = self.state_dir / "conversations"
-        for cdir in sorted(root.iterdir()) if root.is_dir() else []:
-            cid = cdir.name
-            if cid.startswith(".") or cid in busy or cid in waiting:
-                continue
-            try:
-                age = time.time() - (cdir / conversation.FILE).stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age <= max_age:
-                continue
-            conv = conversation.load(self.state_dir, cid)
-            local = self.spool.outgoing("local")
-            for reply in conv.replies if conv else []:
-                local.remove(reply.task_id)
-                _remove_tree(local.path / f"{reply.task_id}.files")
-            _remove_tree(cdir)
-            logger.info("removed conversation %s (repository %s), idle for %.1f days", cid,
-                        conv.repo if conv else "?", age / 86400,
-                        extra={"conversation": cid, "repo": conv.repo if conv else None})
-
-    def _prune_images(self) -> None:
-        keep = set(self.current_images.values()) | {self.cfg.agent.image}
-        for name in self.spool.active.names():
-            if tag := self._state(name).get("image"):
-                keep.add(tag)
-        removed = self.podman.prune_images(keep)
-        for tag in removed:
-            self.image_created.pop(tag, None)
-        if removed:
-            logger.info("pruned %d unused images: %s", len(removed), ", ".join(removed))
 
     # -- helpers --------------------------------------------------------------
 
@@ -863,10 +760,6 @@ class Runner:
 def _resource(name: str) -> str:
     """The task's container and network name."""
     return f"airut-{name}"
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_events(path: Path, offset: int) -> stream.RunSummary:

@@ -1,0 +1,110 @@
+"""The runner's side of the network sandbox: what a task may reach, its surrogate
+credentials, its subnet, and handing its policy to airut-proxy.
+
+The runner writes /run/airut/policies/<task>.json (group airut-proxy, 0640: it holds
+real secret values) just before the task's unit starts and removes it when the task
+ends. A sandboxed task starts only when the proxy runs and the firewall is loaded.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from airut_core.config import ProxyConfig, RepoConfig
+from airut_core.sandbox import (
+    ALLOWLIST_FILE,
+    PROXY_GROUP,
+    SUBNET_POOL,
+    Allowlist,
+    AllowlistError,
+    Mask,
+    PolicyRecord,
+    parse_allowlist,
+    subnet,
+)
+from airut_core.spool import Stage
+from airut_runner import surrogates
+from airut_runner.mirror import Mirror
+
+PROXY_UNIT = "airut-proxy.service"
+NO_ALLOWLIST = (
+    f"the repository has no {ALLOWLIST_FILE} on its default branch, so the agent could "
+    "reach nothing, not even the model API. Add one (doc/network-sandbox.md has an "
+    "example), or turn the sandbox off for this repository (network.sandbox: false)")
+
+
+class SandboxError(ValueError):
+    """The repository's sandbox settings cannot work: retrying will not help."""
+
+
+class NetworkSandbox:
+    def __init__(self, proxy: ProxyConfig, used_subnets: Callable[[], set[str]]):
+        self.proxy = proxy
+        self.policies = Stage(proxy.policies)
+        self._used_subnets = used_subnets
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def allowlist(self, mirror: Mirror) -> Allowlist:
+        """From the default branch of the mirror, never from a workspace."""
+        text = mirror.show(ALLOWLIST_FILE)
+        if text is None:
+            raise SandboxError(NO_ALLOWLIST)
+        try:
+            return parse_allowlist(text, f"{ALLOWLIST_FILE} on the default branch")
+        except AllowlistError as e:
+            raise SandboxError(str(e)) from e
+
+    @staticmethod
+    def masks(repo: RepoConfig) -> list[Mask]:
+        """Fresh surrogates for the repository's masked secrets."""
+        return [Mask(env=env, surrogate=surrogates.surrogate(m.value), value=m.value,
+                     scopes=m.scopes, headers=m.headers,
+                     allow_foreign=m.allow_foreign_credentials)
+                for env, m in repo.masked_secrets.items()]
+
+    def allocate_subnet(self) -> str:
+        """A /24 of the pool no task network uses, round robin (worker threads call it)."""
+        with self._lock:
+            used = self._used_subnets()
+            size = 1 << (24 - SUBNET_POOL.prefixlen)
+            for step in range(size):
+                n = (self._next + step) % size
+                if subnet(n) not in used:
+                    self._next = n + 1
+                    return subnet(n)
+        raise RuntimeError(f"every task subnet in {SUBNET_POOL} is in use")
+
+    def check_ready(self, proxy_state: str | None) -> None:
+        """The proxy and the firewall must be up before a sandboxed task starts."""
+        if proxy_state != "active":
+            raise RuntimeError(f"the network proxy ({PROXY_UNIT}) is not running, so the "
+                               "task cannot start safely; the operator should check "
+                               f"`systemctl status {PROXY_UNIT}`")
+        firewall = subprocess.run(["nft", "list", "table", "inet", "airut"],
+                                  capture_output=True, timeout=10)
+        if firewall.returncode != 0:
+            raise RuntimeError("the airut firewall is not loaded (airut-firewall.service), "
+                               "so the task cannot start safely")
+        if not Path(self.proxy.ca_cert).is_file():
+            raise RuntimeError(f"the proxy's CA certificate is missing at "
+                               f"{self.proxy.ca_cert} (proxy.ca_cert)")
+
+    def write_policy(self, policy: PolicyRecord) -> None:
+        """The policy, readable by the proxy's group only; its network.log, the proxy's."""
+        gid = grp.getgrnam(PROXY_GROUP).gr_gid
+        log_file = Path(policy.network_log)
+        log_file.touch(mode=0o640)
+        os.chown(log_file, pwd.getpwnam(PROXY_GROUP).pw_uid, gid)
+        self.policies.ensure(mode=0o750)
+        os.chown(self.policies.path, 0, gid)
+        self.policies.put(policy.task_id, policy.to_dict(), gid=gid)
+
+    def remove_policy(self, task: str) -> None:
+        self.policies.remove(task)
