@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from airut_core import config as config_mod
 from airut_core.config import ConfigError
@@ -45,6 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("task")
 
     sub.add_parser("check-config", help="validate the configuration and summarise it")
+
+    p = sub.add_parser("email", help="the email channel")
+    email_sub = p.add_subparsers(dest="email_command", required=True)
+    p = email_sub.add_parser("check", help="what the email daemon would make of a message "
+                                           "(one JSON object; exit 0 whatever the verdict)")
+    p.add_argument("file", help="the message, as an .eml file ('-' for stdin)")
+    p.add_argument("--repo", required=True, help="the repository whose mailbox it reached")
 
     args = parser.parse_args(argv)
     try:
@@ -120,5 +128,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_email(args: argparse.Namespace) -> int:
+    from airut_core import conversation
+    from airut_ingest.email import intake
+
+    cfg = config_mod.load(args.config)
+    repo = cfg.repo(args.repo)
+    if repo.email is None:
+        raise ConfigError(f"{cfg.source}: repos.{args.repo} has no email block")
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    verdict = intake.examine(raw, repo.email,
+                             lambda cid: conversation.load(cfg.paths.state, cid) is not None)
+    print(json.dumps(verdict.summary(), indent=1))
+    if verdict.detail or verdict.notes:
+        print("; ".join(filter(None, [verdict.detail, *verdict.notes])), file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"submit": cmd_submit, "wait": cmd_wait, "stop": cmd_stop,
-            "check-config": cmd_check_config}
+            "check-config": cmd_check_config, "email": cmd_email}

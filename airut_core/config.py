@@ -49,6 +49,40 @@ class NetworkConfig:
 
 
 @dataclass
+class ImapConfig:
+    host: str
+    username: str
+    password: str
+    port: int = 993
+    security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "tls"
+    mailbox: str = "INBOX"
+    poll_interval: Annotated[float, Range(min=1)] = 60.0  # a scan even when IDLE is quiet
+    idle_timeout: Annotated[int, Range(min=60, max=1740)] = 1740  # re-issue IDLE before 29 min
+
+
+@dataclass
+class SmtpConfig:
+    host: str
+    port: int = 587
+    security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "starttls"
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class EmailConfig:
+    address: str  # the mailbox: From of replies; address+MODEL@ picks a model
+    imap: ImapConfig
+    smtp: SmtpConfig
+    trusted_authserv_id: str  # the authserv-id your own mail server writes
+    authorized_senders: list[str]  # exact addresses or *@domain
+    max_attachment_bytes: Annotated[int, Size] = 25 << 20
+    dashboard_url: str | None = None  # for the link in the acknowledgment
+    acknowledge: bool = True  # tell the sender a new conversation has started
+    retry_limit: Annotated[int, Range(min=1)] = 8  # SMTP attempts before quarantine
+
+
+@dataclass
 class RepoConfig:
     repo_url: str
     model: str = "sonnet"
@@ -59,6 +93,7 @@ class RepoConfig:
     masked_secrets: dict[str, MaskedSecret] = field(default_factory=dict)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     api_base_url: str | None = None  # this repository's model API, over agent.api_base_url
+    email: EmailConfig | None = None  # the airut-email@<repo> channel
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"
@@ -162,4 +197,8 @@ def parse(text: str, source: str) -> Config:
     except schema.SchemaError as e:
         raise ConfigError(f"{source}: {e}") from e
     config.source = source
+    for repo_id, repo in config.repos.items():
+        if repo.email and not repo.email.authorized_senders:
+            raise ConfigError(f"{source}: repos.{repo_id}.email.authorized_senders: must name "
+                              "at least one sender (nobody could use the mailbox)")
     return config

@@ -29,12 +29,15 @@ CONTAINER_DIRS = ("workspace", "claude", "inbox", "outbox", "storage")
 
 def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig, mirror: Mirror,
                    owner: int) -> Conversation:
-    """The task's conversation; a new one (fresh clone) when it has none or an unknown id."""
+    """The task's conversation, or a new one (a fresh clone) under the id the channel
+    chose for it (email tells the sender the id before the task runs), else a new id."""
     if task.conversation_id:
         existing = conversation.load(state_dir, task.conversation_id)
         if existing:
             return existing
-    cid = conversation.new_id(state_dir)
+    cid = task.conversation_id
+    if not cid or paths.conversation_dir(state_dir, cid).exists():
+        cid = conversation.new_id(state_dir)
     final = paths.conversation_dir(state_dir, cid)
     tmp = final.parent / f".new-{cid}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""One incoming mail, examined: accepted as a task, or rejected with a reason.
+
+The daemon and `airut email check FILE.eml` run exactly this, so an operator sees
+the verdict the daemon would reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from airut_core.config import EmailConfig
+from airut_ingest.email import auth, parse
+from airut_ingest.email.parse import Attachment
+
+REASONS = ("ok", "not_authenticated", "not_authorized", "malformed", "empty")
+
+
+@dataclass
+class Verdict:
+    accepted: bool
+    reason: str
+    detail: str = ""
+    sender: str | None = None
+    conversation_id: str | None = None  # None: a new conversation
+    subject: str = ""
+    text: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    model: str | None = None
+    message_id: str | None = None
+    in_reply_to: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The JSON `airut email check` prints."""
+        return {"accepted": self.accepted, "reason": self.reason, "sender": self.sender,
+                "conversation_id": self.conversation_id, "subject": self.subject,
+                "text": self.text, "attachments": [a.name for a in self.attachments],
+                "model": self.model}
+
+
+def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdict:
+    """known(conversation_id): does this host have that conversation?"""
+    try:
+        msg = parse.load(raw)
+    except Exception as e:  # the parser is lenient; this is a truly broken message
+        return Verdict(False, "malformed", f"cannot parse the message: {e}")
+    subject = " ".join(parse.header(msg, "Subject").split())
+    try:
+        sender = auth.authenticate(msg, cfg.trusted_authserv_id)
+        auth.authorize(sender, cfg.authorized_senders)
+        mail = parse.parse(msg, cfg.max_attachment_bytes)
+    except auth.Rejected as e:
+        return Verdict(False, e.reason, str(e), sender=_safe_sender(msg), subject=subject)
+    conversation = mail.conversation_id()
+    if conversation and not known(conversation):
+        conversation = None  # an unknown id starts a new conversation
+    text = mail.text
+    if not conversation and mail.subject:
+        text = f"Subject: {mail.subject}\n\n{text}".strip()
+    verdict = Verdict(
+        accepted=True, reason="ok", sender=sender, conversation_id=conversation,
+        subject=mail.subject, text=text, attachments=mail.attachments,
+        model=None if conversation else mail.model_hint(cfg.address),
+        message_id=mail.message_id, in_reply_to=mail.in_reply_to,
+        references=mail.references, notes=mail.notes)
+    if not mail.text.strip() and not mail.attachments and (conversation or not mail.subject):
+        verdict.accepted, verdict.reason = False, "empty"
+        verdict.detail = "the message has no text and no attachments"
+    return verdict
+
+
+def _safe_sender(msg) -> str | None:
+    try:
+        return auth.sender_address(msg)
+    except auth.Rejected:
+        return None
