@@ -80,6 +80,7 @@ class EmailConfig:
     dashboard_url: str | None = None  # for the link in the acknowledgment
     acknowledge: bool = True  # tell the sender a new conversation has started
     retry_limit: Annotated[int, Range(min=1)] = 8  # SMTP attempts before quarantine
+    retry_delay: Annotated[float, Range(min=0.1)] = 30.0  # first retry; doubles, max 1 h
 
 
 @dataclass

@@ -35,15 +35,18 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive retry 3 $APT install -y --no-install-recommends $missing
 fi
 
-GUEST_PKGS=systemd,systemd-sysv,dbus,libpam-systemd,podman,runc,netavark,aardvark-dns,iptables,nftables,uidmap,catatonit,python3,python3-venv,ca-certificates,iproute2,git,procps,less
-if [ ! -f "$AIRUT_LAB/guest/.complete" ]; then
+GUEST_PKGS=systemd,systemd-sysv,dbus,libpam-systemd,podman,runc,netavark,aardvark-dns,iptables,nftables,uidmap,catatonit,python3,python3-venv,ca-certificates,iproute2,git,procps,less,dovecot-imapd,dovecot-lmtpd,postfix
+if [ ! -f "$AIRUT_LAB/guest/.complete" ] || [ "$(cat "$AIRUT_LAB/guest/.complete")" != "$GUEST_PKGS" ]; then
   step "guest root filesystem (mmdebstrap)"
   rm -rf "$AIRUT_LAB/guest"
-  retry 3 mmdebstrap --variant=minbase --include="$GUEST_PKGS" bookworm "$AIRUT_LAB/guest"
+  # postfix asks how to configure itself: not at all, the lab writes its own main.cf.
+  retry 3 mmdebstrap --variant=minbase --include="$GUEST_PKGS" \
+    --essential-hook='echo "postfix postfix/main_mailer_type select No configuration" | chroot "$1" debconf-set-selections' \
+    bookworm "$AIRUT_LAB/guest"
   # A volatile journal keeps one run's logs from piling onto the next.
   mkdir -p "$AIRUT_LAB/guest/etc/systemd/journald.conf.d"
   printf '[Journal]\nStorage=volatile\n' > "$AIRUT_LAB/guest/etc/systemd/journald.conf.d/lab.conf"
-  touch "$AIRUT_LAB/guest/.complete"
+  echo "$GUEST_PKGS" > "$AIRUT_LAB/guest/.complete"
 fi
 
 # The agent's base image: git for the agent, curl and python3 for the sandbox tests.

@@ -45,6 +45,7 @@ printf 'AIRUT_PROXY_ARGS=--upstream-ca /etc/airut/lab-tls/ca.pem\n' > "$ROOT/etc
 printf 'net.ipv4.ip_unprivileged_port_start=0\n' > "$ROOT/etc/sysctl.d/50-airut-lab.conf"
 "$AIRUT_LAB/guest-venv/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$REPO" >&2
 "$HERE/install-units.sh" "$ROOT"
+"$HERE/mail.sh" "$ROOT"
 
 ME=$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)
 LAUNCH=$(mktemp /run/sdlab-launch-XXXXXX)

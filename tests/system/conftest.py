@@ -20,6 +20,14 @@ def lab():
         bomb={"resource_limits": {"pids_limit": 128, "timeout": 30}},
         imaged={"repo_url": "/srv/git/imaged.git"},
         # Break-glass: no proxy; the agent talks to the demo model's plain port directly.
+        mail={"email": {
+            "address": "airut@corp.test", "trusted_authserv_id": "mx.corp.test",
+            "authorized_senders": ["alice@corp.test", "*@partner.test"],
+            "imap": {"host": "127.0.0.1", "port": 143, "security": "none",
+                     "username": "airut@corp.test", "password": "airut-pass",
+                     "poll_interval": 5},
+            "smtp": {"host": "127.0.0.1", "port": 25, "security": "none"},
+            "retry_delay": 1}},
         open={"network": {"sandbox": False}, "masked_secrets": {},
               "secrets": {"ANTHROPIC_API_KEY": "sk-ant-plain-open-key"},
               "api_base_url": "http://host.containers.internal:8765"}))

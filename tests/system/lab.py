@@ -8,6 +8,7 @@ that matters (units, containers, the Claude Code CLI) runs inside the guest.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -55,7 +56,11 @@ class Lab:
         self.guest("sh", "-ec", SEED_REPO)
         self.guest("systemctl", "daemon-reload")
         self.guest("systemctl", "start", "airut-demo-model.service", "airut-firewall.service",
-                   "airut-proxy.service", "airut-runner.service")
+                   "airut-proxy.service", "airut-runner.service", "dovecot.service",
+                   "postfix.service")
+        for repo, settings in config.get("repos", {}).items():
+            if settings.get("email"):
+                self.guest("systemctl", "start", f"airut-email@{repo}.service")
 
     def down(self) -> None:
         subprocess.run(["bash", str(LAB_DIR / "down.sh"), "10"], capture_output=True)
@@ -118,6 +123,21 @@ class Lab:
     def journal(self, *matches: str) -> str:
         return self.guest("journalctl", "--no-pager", "-o", "cat", *matches).stdout
 
+    # -- mail ---------------------------------------------------------------------------
+
+    def send_mail(self, raw: bytes, sender: str, recipient: str = "airut@corp.test") -> None:
+        """Submit a message over SMTP to the guest's postfix."""
+        name = f"mail-{time.time_ns()}.eml"
+        (self.run / "srv" / name).write_bytes(raw)  # the guest's /srv
+        self.guest("python3", "-c", "import smtplib, sys; s = smtplib.SMTP('127.0.0.1', 25); "
+                   "s.sendmail(sys.argv[1], [sys.argv[2]], open(sys.argv[3], 'rb').read()); "
+                   "s.quit()", sender, recipient, f"/srv/{name}")
+
+    def mailbox(self, user: str, password: str) -> list[bytes]:
+        """Every message in a lab user's INBOX, oldest first (read over IMAP)."""
+        out = self.guest("python3", "-c", MAILBOX_DUMP, user, password).stdout
+        return [base64.b64decode(line) for line in out.split()]
+
     # -- the demo model -------------------------------------------------------------
 
     @property
@@ -164,6 +184,15 @@ url_prefixes:
 """
 WRITE_ALLOWLIST = (f"mkdir -p .airut && cat > .airut/network-allowlist.yaml <<'EOF'\n"
                    f"{ALLOWLIST}EOF\n")
+
+MAILBOX_DUMP = """
+import base64, imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", 143)
+m.login(sys.argv[1], sys.argv[2])
+m.select("INBOX", readonly=True)
+for num in m.search(None, "ALL")[1][0].split():
+    print(base64.b64encode(m.fetch(num, "(BODY.PEEK[])")[1][0][1]).decode())
+"""
 
 SEED_REPO = f"""
 rm -rf /tmp/seed /srv/git/demo.git && mkdir -p /srv/git /tmp/seed && cd /tmp/seed

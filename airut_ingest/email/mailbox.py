@@ -1,0 +1,85 @@
+"""The two mail servers the email channel talks to: IMAP in, SMTP out."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+from imapclient import IMAPClient
+
+from airut_core.config import ImapConfig, SmtpConfig
+
+TIMEOUT = 60
+
+
+class Mailbox:
+    """The repository's inbox, a work queue: every message in it is waiting."""
+
+    def __init__(self, cfg: ImapConfig):
+        self.cfg = cfg
+        self.client: IMAPClient | None = None
+
+    def connect(self) -> None:
+        cfg = self.cfg
+        client = IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "tls",
+                            ssl_context=ssl.create_default_context(), timeout=TIMEOUT)
+        try:
+            if cfg.security == "starttls":
+                client.starttls(ssl.create_default_context())
+            client.login(cfg.username, cfg.password)
+            client.select_folder(cfg.mailbox)
+        except Exception:
+            client.shutdown()
+            raise
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.logout()
+            except Exception:
+                self.client.shutdown()
+            self.client = None
+
+    def waiting(self) -> list[int]:
+        return sorted(self.client.search(["NOT", "DELETED"]))
+
+    def fetch(self, uid: int) -> bytes | None:
+        data = self.client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
+        return data.get(b"BODY[]") if data else None
+
+    def remove(self, uid: int) -> None:
+        """Only once the spool holds the message (design.md, spool rule 7)."""
+        self.client.add_flags([uid], [b"\\Deleted"])
+        if self.client.has_capability("UIDPLUS"):
+            self.client.uid_expunge([uid])
+        else:
+            self.client.expunge()
+
+    def wait(self, seconds: float) -> bool:
+        """IDLE for up to `seconds`; True if the server announced something."""
+        self.client.idle()
+        try:
+            responses = self.client.idle_check(timeout=seconds)
+        finally:
+            self.client.idle_done()
+        return bool(responses)
+
+
+def send(cfg: SmtpConfig, msg: EmailMessage) -> None:
+    """Hand a message to the SMTP server; raises on any refusal."""
+    context = ssl.create_default_context()
+    if cfg.security == "tls":
+        server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=TIMEOUT,
+                                                context=context)
+    else:
+        server = smtplib.SMTP(cfg.host, cfg.port, timeout=TIMEOUT)
+    with server:
+        if cfg.security == "starttls":
+            server.starttls(context=context)
+        if cfg.username:
+            server.login(cfg.username, cfg.password or "")
+        refused = server.send_message(msg)
+        if refused:
+            raise smtplib.SMTPRecipientsRefused(refused)

@@ -1,0 +1,64 @@
+#!/bin/bash
+# mail.sh GUEST_ROOT : a mail system for the lab guest, on loopback only.
+# postfix (SMTP on 127.0.0.1:25, myhostname mx.corp.test) delivers corp.test mail by
+# LMTP to dovecot (IMAP on 127.0.0.1:143), which keeps a mailbox per lab user.
+set -euo pipefail
+ROOT=$1
+cat > "$ROOT/etc/postfix/main.cf" <<'CF'
+compatibility_level = 3.6
+myhostname = mx.corp.test
+mydomain = corp.test
+myorigin = corp.test
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mydestination =
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = corp.test
+virtual_transport = lmtp:inet:127.0.0.1:24
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+default_transport = error:the lab delivers no mail outside corp.test
+alias_maps =
+alias_database =
+biff = no
+smtputf8_enable = no
+CF
+cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:/var/mail/%d/%n
+first_valid_uid = 8
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u /etc/dovecot/lab-users
+}
+userdb {
+  driver = static
+  args = uid=mail gid=mail home=/var/mail/%d/%n
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = 143
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = 24
+  }
+}
+CF
+cat > "$ROOT/etc/dovecot/lab-users" <<'USERS'
+airut@corp.test:{PLAIN}airut-pass
+alice@corp.test:{PLAIN}alice-pass
+USERS
+chmod 640 "$ROOT/etc/dovecot/lab-users"
+chgrp "$(awk -F: '$1=="dovecot"{print $3}' "$ROOT/etc/group")" "$ROOT/etc/dovecot/lab-users"
+# Every boot starts with empty mailboxes.
+rm -rf "$ROOT/var/mail" && install -d -m 2775 -o 0 -g "$(awk -F: '$1=="mail"{print $3}' "$ROOT/etc/group")" "$ROOT/var/mail"
