@@ -60,5 +60,8 @@ alice@corp.test:{PLAIN}alice-pass
 USERS
 chmod 640 "$ROOT/etc/dovecot/lab-users"
 chgrp "$(awk -F: '$1=="dovecot"{print $3}' "$ROOT/etc/group")" "$ROOT/etc/dovecot/lab-users"
-# Every boot starts with empty mailboxes.
+# Every boot starts with empty mailboxes and an empty mail queue.
+for q in active deferred incoming maildrop hold corrupt bounce defer flush; do
+  [ -d "$ROOT/var/spool/postfix/$q" ] && find "$ROOT/var/spool/postfix/$q" -type f -delete
+done
 rm -rf "$ROOT/var/mail" && install -d -m 2775 -o 0 -g "$(awk -F: '$1=="mail"{print $3}' "$ROOT/etc/group")" "$ROOT/var/mail"
