@@ -91,7 +91,11 @@ class EmailChannel:
                 self.status = f"degraded: {e}; retrying in {delay:.0f} s"
                 logger.warning("mailbox %s: %s; retrying in %.0f s", self.email.imap.host, e,
                                delay)
-                self.stopping.wait(delay)
+                until = time.monotonic() + delay
+                while not self.stopping.wait(min(IDLE_CHUNK, until - time.monotonic())):
+                    self.heartbeat["receive"] = time.monotonic()  # degraded, not stuck
+                    if time.monotonic() >= until:
+                        break
                 delay = min(delay * 2, BACKOFF_MAX)
             finally:
                 box.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from email.message import EmailMessage
 
 import pytest
@@ -208,3 +209,33 @@ def test_reply_is_threaded_with_both_parts_and_attachments(tmp_path):
     assert attached.get_filename() == "result.csv"
     assert parse.ParsedMail(message_id=None, subject="", text="",
                             in_reply_to=[msg["Message-ID"]]).conversation_id() == "0a1b2c3d"
+
+
+def test_check_command_prints_the_daemons_verdict(tmp_path, capsys):
+    from airut_cli.main import main as cli
+
+    cfg = tmp_path / "airut.yaml"
+    cfg.write_text(f"""
+paths: {{spool: {tmp_path}/spool, state: {tmp_path}/state}}
+repos:
+  demo:
+    repo_url: x
+    email:
+      address: airut@corp.test
+      imap: {{host: localhost, username: u, password: p}}
+      smtp: {{host: localhost}}
+      trusted_authserv_id: mx.corp.test
+      authorized_senders: [alice@corp.test]
+""")
+    good, bad = tmp_path / "good.eml", tmp_path / "bad.eml"
+    good.write_bytes(mail(to="airut+opus@corp.test"))
+    bad.write_bytes(mail(sender="mallory@corp.test"))
+    for path, expected in ((good, True), (bad, False)):
+        with pytest.raises(SystemExit) as done:
+            cli(["--config", str(cfg), "email", "check", str(path), "--repo", "demo"])
+        assert done.value.code == 0  # whatever the verdict
+        verdict = json.loads(capsys.readouterr().out)
+        assert verdict["accepted"] is expected
+        assert set(verdict) == {"accepted", "reason", "sender", "conversation_id", "subject",
+                                "text", "attachments", "model"}
+    assert verdict["reason"] == "not_authorized" and verdict["sender"] == "mallory@corp.test"
