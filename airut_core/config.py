@@ -57,6 +57,7 @@ class ImapConfig:
     security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "tls"
     mailbox: str = "INBOX"
     poll_interval: Annotated[float, Range(min=1)] = 60.0  # a scan even when IDLE is quiet
+    ca_file: str | None = None  # a CA to trust besides the system's (an in-house server)
     idle_timeout: Annotated[int, Range(min=60, max=1740)] = 1740  # re-issue IDLE before 29 min
 
 
@@ -67,6 +68,7 @@ class SmtpConfig:
     security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "starttls"
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None  # a CA to trust besides the system's (an in-house server)
 
 
 @dataclass

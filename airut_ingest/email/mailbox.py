@@ -13,6 +13,14 @@ from airut_core.config import ImapConfig, SmtpConfig
 TIMEOUT = 60
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates are always verified; ca_file adds an in-house CA to the system's."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    return context
+
+
 class Mailbox:
     """The repository's inbox, a work queue: every message in it is waiting."""
 
@@ -22,11 +30,12 @@ class Mailbox:
 
     def connect(self) -> None:
         cfg = self.cfg
+        context = tls_context(cfg.ca_file)
         client = IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "tls",
-                            ssl_context=ssl.create_default_context(), timeout=TIMEOUT)
+                            ssl_context=context, timeout=TIMEOUT)
         try:
             if cfg.security == "starttls":
-                client.starttls(ssl.create_default_context())
+                client.starttls(context)
             client.login(cfg.username, cfg.password)
             client.select_folder(cfg.mailbox)
         except Exception:
@@ -69,7 +78,7 @@ class Mailbox:
 
 def send(cfg: SmtpConfig, msg: EmailMessage) -> None:
     """Hand a message to the SMTP server; raises on any refusal."""
-    context = ssl.create_default_context()
+    context = tls_context(cfg.ca_file)
     if cfg.security == "tls":
         server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=TIMEOUT,
                                                 context=context)

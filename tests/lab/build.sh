@@ -92,14 +92,15 @@ fi
 # A lab CA and a certificate for the names the demo model plays in the guest
 # (api.anthropic.com among them); airut-proxy is told to trust the CA upstream.
 TLS=$AIRUT_LAB/tls
-if [ ! -f "$TLS/server.pem" ]; then
+SAN="subjectAltName=DNS:api.anthropic.com,DNS:allowed.test,DNS:paths.test,DNS:other.test,DNS:*.allowed.test,DNS:mx.corp.test,IP:127.0.0.1"
+if [ "$(cat "$TLS/ext" 2>/dev/null)" != "$SAN" ]; then
   step "lab TLS certificates"
-  mkdir -p "$TLS.new"
+  rm -rf "$TLS.new" && mkdir -p "$TLS.new"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=airut lab CA" \
     -keyout "$TLS.new/ca.key" -out "$TLS.new/ca.pem" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=api.anthropic.com" \
     -keyout "$TLS.new/server.key" -out "$TLS.new/server.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:api.anthropic.com,DNS:allowed.test,DNS:paths.test,DNS:other.test,DNS:*.allowed.test\n' > "$TLS.new/ext"
+  echo "$SAN" > "$TLS.new/ext"
   openssl x509 -req -in "$TLS.new/server.csr" -CA "$TLS.new/ca.pem" -CAkey "$TLS.new/ca.key" \
     -CAcreateserial -days 3650 -extfile "$TLS.new/ext" -out "$TLS.new/server.pem" 2>/dev/null
   rm -rf "$TLS" && mv "$TLS.new" "$TLS"

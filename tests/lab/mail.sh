@@ -21,11 +21,26 @@ alias_maps =
 alias_database =
 biff = no
 smtputf8_enable = no
+smtpd_tls_cert_file = /etc/airut/lab-tls/server.pem
+smtpd_tls_key_file = /etc/airut/lab-tls/server.key
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+CF
+# Submission on 127.0.0.1:587: STARTTLS required, then SASL (dovecot) required.
+grep -q '^127.0.0.1:587 ' "$ROOT/etc/postfix/master.cf" || cat >> "$ROOT/etc/postfix/master.cf" <<'CF'
+127.0.0.1:587 inet n - n - - smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
 CF
 cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
 protocols = imap lmtp
 listen = 127.0.0.1
-ssl = no
+ssl = yes
+ssl_cert = </etc/airut/lab-tls/server.pem
+ssl_key = </etc/airut/lab-tls/server.key
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:/var/mail/%d/%n
@@ -45,6 +60,13 @@ service imap-login {
   }
   inet_listener imaps {
     port = 0
+  }
+}
+service auth {
+  unix_listener /var/spool/postfix/private/auth {
+    mode = 0660
+    user = postfix
+    group = postfix
   }
 }
 service lmtp {

@@ -34,7 +34,7 @@ install -D -m644 "$HERE/containers.conf" "$ROOT/etc/containers/containers.conf"
 echo "$NAME" > "$ROOT/etc/hostname"
 # The demo model plays Anthropic's API and a few web servers for the proxy's tests:
 # their names resolve to the guest itself, their certificates come from a lab CA.
-printf '127.0.0.1 localhost %s\n::1 localhost\n127.0.0.1 api.anthropic.com allowed.test paths.test other.test deep.allowed.test\n' "$NAME" > "$ROOT/etc/hosts"
+printf '127.0.0.1 localhost %s\n::1 localhost\n127.0.0.1 api.anthropic.com allowed.test paths.test other.test deep.allowed.test mx.corp.test\n' "$NAME" > "$ROOT/etc/hosts"
 install -D -m644 "$AIRUT_LAB/tls/ca.pem" "$ROOT/etc/airut/lab-tls/ca.pem"
 install -D -m644 "$AIRUT_LAB/tls/server.pem" "$ROOT/etc/airut/lab-tls/server.pem"
 install -D -m644 "$AIRUT_LAB/tls/server.key" "$ROOT/etc/airut/lab-tls/server.key"

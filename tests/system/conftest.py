@@ -23,10 +23,13 @@ def lab():
         mail={"email": {
             "address": "airut@corp.test", "trusted_authserv_id": "mx.corp.test",
             "authorized_senders": ["alice@corp.test", "*@partner.test"],
-            "imap": {"host": "127.0.0.1", "port": 143, "security": "none",
+            # STARTTLS and authentication both ways, against the lab CA.
+            "imap": {"host": "mx.corp.test", "port": 143, "security": "starttls",
                      "username": "airut@corp.test", "password": "airut-pass",
-                     "poll_interval": 5},
-            "smtp": {"host": "127.0.0.1", "port": 25, "security": "none"},
+                     "poll_interval": 5, "ca_file": "/etc/airut/lab-tls/ca.pem"},
+            "smtp": {"host": "mx.corp.test", "port": 587, "security": "starttls",
+                     "username": "airut@corp.test", "password": "airut-pass",
+                     "ca_file": "/etc/airut/lab-tls/ca.pem"},
             "retry_delay": 1}},
         open={"network": {"sandbox": False}, "masked_secrets": {},
               "secrets": {"ANTHROPIC_API_KEY": "sk-ant-plain-open-key"},

@@ -239,3 +239,35 @@ repos:
         assert set(verdict) == {"accepted", "reason", "sender", "conversation_id", "subject",
                                 "text", "attachments", "model"}
     assert verdict["reason"] == "not_authorized" and verdict["sender"] == "mallory@corp.test"
+
+
+def test_a_mail_the_server_keeps_refusing_is_quarantined_with_its_reasons(tmp_path):
+    from airut_ingest.email.daemon import EmailChannel, _pending
+
+    cfg = config.parse(f"""
+paths: {{spool: {tmp_path}/spool, state: {tmp_path}/state}}
+repos:
+  demo:
+    repo_url: x
+    email:
+      address: airut@corp.test
+      imap: {{host: localhost, username: u, password: p}}
+      smtp: {{host: 127.0.0.1, port: 9, security: none}}   # nothing listens: refused
+      trusted_authserv_id: mx.corp.test
+      authorized_senders: [alice@corp.test]
+      retry_limit: 3
+      retry_delay: 0.1
+""", "f")
+    channel = EmailChannel(cfg, "demo")
+    msg = compose.acknowledgment("airut@corp.test", compose.Thread(to="alice@corp.test",
+                                                                   subject="x"), "0a1b2c3d", None)
+    channel.deferred.put("ack-t1", _pending(msg, "ack-t1"))
+    for attempt in range(1, 4):
+        pending = channel.deferred.read("ack-t1") if channel.deferred.exists("ack-t1") else None
+        assert pending is not None, f"gone after {attempt - 1} attempts"
+        channel._attempt("ack-t1", pending)
+    assert not channel.deferred.exists("ack-t1")
+    quarantined = channel.failed.read("ack-t1")
+    assert quarantined["attempts"] == 3 and len(quarantined["failures"]) == 3
+    assert all("refused" in f["reason"].lower() for f in quarantined["failures"])
+    assert not (channel.sent / "ack-t1").exists()
