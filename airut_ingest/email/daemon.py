@@ -125,12 +125,12 @@ class EmailChannel:
                                "as task %s", verdict.message_id, done["task_id"])
                 verdict.conversation_id = done.get("conversation_id")
                 self._commit(done["task_id"], verdict)
-            self._remove(box, uid)
+            box.remove(uid)
             return
         if not verdict.accepted:
             logger.warning("rejected mail from %s (%s): %s; subject %r", verdict.sender or "?",
                            verdict.reason, verdict.detail, verdict.subject)
-            self._remove(box, uid)
+            box.remove(uid)
             return
         new = verdict.conversation_id is None
         if new:  # chosen here, so the acknowledgment can name it
@@ -139,7 +139,7 @@ class EmailChannel:
         write_atomic(marker, intake_marker(task_id, verdict).encode(), mode=0o640)
         self._commit(task_id, verdict)
         self._pause_for_tests()
-        self._remove(box, uid)
+        box.remove(uid)
         if new and self.email.acknowledge:
             self._queue_ack(task_id, verdict)
 
@@ -176,9 +176,6 @@ class EmailChannel:
         stages = [self.spool.incoming, self.spool.active, self.spool.finished, self.outgoing,
                   self.deferred, *(Stage(p) for p in (self.spool.root / "failed").glob("*"))]
         return any(s.exists(task_id) for s in stages) or (self.sent / task_id).exists()
-
-    def _remove(self, box: Mailbox, uid: int) -> None:
-        box.remove(uid)
 
     def _pause_for_tests(self) -> None:
         """Test seam: hold between the commit and the removal, to be killed there."""
