@@ -138,12 +138,18 @@ def test_empty_messages():
     assert check(mail(body="\n", subject="Re: [ID:0a1b2c3d] x")).reason == "empty"
 
 
-def test_html_part_is_preferred_and_quotes_are_cut():
+def authenticated(subject: str, body: str) -> EmailMessage:
+    """A message from alice that passed DMARC, to build on."""
     msg = EmailMessage()
     msg["Authentication-Results"] = PASS
     msg["From"] = "alice@corp.test"
-    msg["Subject"] = "Re: [ID:0a1b2c3d] x"
-    msg.set_content("plain version")
+    msg["Subject"] = subject
+    msg.set_content(body)
+    return msg
+
+
+def test_html_part_is_preferred_and_quotes_are_cut():
+    msg = authenticated("Re: [ID:0a1b2c3d] x", "plain version")
     msg.add_alternative('<p>Use <b>Postgres</b>.</p><div class="gmail_quote">On Mon airut '
                         'wrote:<blockquote>old</blockquote></div>', subtype="html")
     v = check(bytes(msg))
@@ -151,11 +157,7 @@ def test_html_part_is_preferred_and_quotes_are_cut():
 
 
 def test_attachments_get_safe_names_and_a_size_cap():
-    msg = EmailMessage()
-    msg["Authentication-Results"] = PASS
-    msg["From"] = "alice@corp.test"
-    msg["Subject"] = "files"
-    msg.set_content("see attached")
+    msg = authenticated("files", "see attached")
     for name, data in [("../../etc/passwd", b"a"), (".hidden", b"b"), ("C:\\x\\report.txt", b"c"),
                        ("report.txt", b"d"), ("big.bin", b"x" * 2000), ("\x1bevil.sh", b"e")]:
         msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
@@ -211,11 +213,9 @@ def test_reply_is_threaded_with_both_parts_and_attachments(tmp_path):
                             in_reply_to=[msg["Message-ID"]]).conversation_id() == "0a1b2c3d"
 
 
-def test_check_command_prints_the_daemons_verdict(tmp_path, capsys):
-    from airut_cli.main import main as cli
-
-    cfg = tmp_path / "airut.yaml"
-    cfg.write_text(f"""
+def config_text(tmp_path, smtp: str = "{host: localhost}", extra: str = "") -> str:
+    """A whole airut.yaml with one repository and its mailbox, state under tmp_path."""
+    return f"""
 paths: {{spool: {tmp_path}/spool, state: {tmp_path}/state}}
 repos:
   demo:
@@ -223,10 +223,18 @@ repos:
     email:
       address: airut@corp.test
       imap: {{host: localhost, username: u, password: p}}
-      smtp: {{host: localhost}}
+      smtp: {smtp}
       trusted_authserv_id: mx.corp.test
       authorized_senders: [alice@corp.test]
-""")
+      {extra}
+"""
+
+
+def test_check_command_prints_the_daemons_verdict(tmp_path, capsys):
+    from airut_cli.main import main as cli
+
+    cfg = tmp_path / "airut.yaml"
+    cfg.write_text(config_text(tmp_path))
     good, bad = tmp_path / "good.eml", tmp_path / "bad.eml"
     good.write_bytes(mail(to="airut+opus@corp.test"))
     bad.write_bytes(mail(sender="mallory@corp.test"))
@@ -244,20 +252,9 @@ repos:
 def test_a_mail_the_server_keeps_refusing_is_quarantined_with_its_reasons(tmp_path):
     from airut_ingest.email.daemon import EmailChannel, _pending
 
-    cfg = config.parse(f"""
-paths: {{spool: {tmp_path}/spool, state: {tmp_path}/state}}
-repos:
-  demo:
-    repo_url: x
-    email:
-      address: airut@corp.test
-      imap: {{host: localhost, username: u, password: p}}
-      smtp: {{host: 127.0.0.1, port: 9, security: none}}   # nothing listens: refused
-      trusted_authserv_id: mx.corp.test
-      authorized_senders: [alice@corp.test]
-      retry_limit: 3
-      retry_delay: 0.1
-""", "f")
+    cfg = config.parse(config_text(
+        tmp_path, smtp="{host: 127.0.0.1, port: 9, security: none}",  # nothing listens there
+        extra="retry_limit: 3\n      retry_delay: 0.1"), "f")
     channel = EmailChannel(cfg, "demo")
     msg = compose.acknowledgment("airut@corp.test", compose.Thread(to="alice@corp.test",
                                                                    subject="x"), "0a1b2c3d", None)
