@@ -36,14 +36,16 @@ import sdnotify
 
 from airut_core import config as config_mod
 from airut_core import conversation, log, paths
-from airut_core.config import Config, ConfigError, ResourceLimits
+from airut_core.config import Config, ConfigError, RepoConfig, ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.paths import Spool
 from airut_core.records import ControlRecord, ReplyRecord, TaskRecord
 from airut_core.sandbox import PolicyRecord
 from airut_core.spool import (
+    MAX_FAILURES,
     Doorbell,
     RecordError,
+    Stage,
     failures,
     record_failure,
     utc_now,
@@ -179,8 +181,7 @@ class Runner:
 
     def _retry_due(self) -> bool:
         now = time.time()
-        return any(t <= now for t in self.retry_at.values()) or any(
-            f.done() for f in self.preparing.values())
+        return any(t <= now for t in self.retry_at.values())
 
     def _reconnect(self) -> None:
         try:
@@ -311,37 +312,9 @@ class Runner:
         mirror.update()
         owner = self.cfg.agent.host_uid_base
         conv = workspace.open_or_create(self.state_dir, task, repo, mirror, owner)
-        spec = images.resolve(mirror, repo.container_path, self.cfg.agent.image)
-        context, rebuild = None, False
-        if spec.built_here:
-            created = self.image_created.get(spec.tag) or self.podman.image_created(spec.tag)
-            rebuild = created is not None and images.is_stale(
-                created, self.cfg.agent.image_max_age_hours)
-            if created is None or rebuild:
-                context = self.state_dir / "builds" / spec.build_name
-                mirror.export(spec.tree, context)
-            else:
-                self.image_created[spec.tag] = created
+        spec, context, rebuild = self._image(mirror, repo)
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
-        secrets, policy = dict(repo.secrets), None
-        if repo.network.sandbox:
-            try:
-                allowlist = self.sandbox.allowlist(mirror)
-            except SandboxError as e:
-                raise PermanentError(str(e)) from e
-            masks = self.sandbox.masks(repo)
-            secrets.update({m.env: m.surrogate for m in masks})
-            gateway = self.podman.create_network(_resource(name), name,
-                                                 subnet=self.sandbox.allocate_subnet)
-            policy = PolicyRecord(
-                task_id=name, conversation_id=conv.conversation_id, repo=task.repo,
-                subnet=str(ipaddress.ip_network(f"{gateway}/24", strict=False)),
-                network_log=str(cdir / "network.log"), allowlist=allowlist, masks=masks)
-            base_url = repo.api_base_url or self.cfg.agent.api_base_url
-        else:
-            gateway = self.podman.create_network(_resource(name), name)
-            base_url = container.host_url(repo.api_base_url or self.cfg.agent.api_base_url,
-                                          gateway)
+        gateway, policy, secrets, base_url = self._network(name, task, repo, conv, mirror)
         attached = []
         for t in [*merged, task]:
             attached += workspace.copy_attachments(t.attachments_dir, cdir / "inbox", owner)
@@ -353,6 +326,44 @@ class Runner:
                                       sandboxed=policy is not None)
         write_atomic(cdir / "tasks" / f"{name}.env", env.encode(), mode=0o600)
         return Prepared(conv, spec, context, rebuild, gateway, policy)
+
+    def _image(self, mirror: Mirror, repo: RepoConfig) -> tuple[ImageSpec, Path | None, bool]:
+        """The task's image, and the build context to export when it must be (re)built."""
+        spec = images.resolve(mirror, repo.container_path, self.cfg.agent.image)
+        if not spec.built_here:
+            return spec, None, False
+        created = self.image_created.get(spec.tag) or self.podman.image_created(spec.tag)
+        rebuild = created is not None and images.is_stale(
+            created, self.cfg.agent.image_max_age_hours)
+        if created is not None and not rebuild:
+            self.image_created[spec.tag] = created
+            return spec, None, False
+        context = self.state_dir / "builds" / spec.build_name
+        mirror.export(spec.tree, context)
+        return spec, context, rebuild
+
+    def _network(self, name: str, task: TaskRecord, repo: RepoConfig, conv: Conversation,
+                 mirror: Mirror) -> tuple[str, PolicyRecord | None, dict[str, str], str | None]:
+        """The task's own network; in the sandbox also its policy and surrogates.
+        Returns the gateway, the policy, the agent's secrets and its model API URL."""
+        base_url = repo.api_base_url or self.cfg.agent.api_base_url
+        if not repo.network.sandbox:
+            gateway = self.podman.create_network(_resource(name), name)
+            return gateway, None, dict(repo.secrets), container.host_url(base_url, gateway)
+        try:
+            allowlist = self.sandbox.allowlist(mirror)
+        except SandboxError as e:
+            raise PermanentError(str(e)) from e
+        masks = self.sandbox.masks(repo)
+        gateway = self.podman.create_network(_resource(name), name,
+                                             subnet=self.sandbox.allocate_subnet)
+        cdir = paths.conversation_dir(self.state_dir, conv.conversation_id)
+        policy = PolicyRecord(
+            task_id=name, conversation_id=conv.conversation_id, repo=task.repo,
+            subnet=str(ipaddress.ip_network(f"{gateway}/24", strict=False)),
+            network_log=str(cdir / "network.log"), allowlist=allowlist, masks=masks)
+        secrets = {**repo.secrets, **{m.env: m.surrogate for m in masks}}
+        return gateway, policy, secrets, base_url
 
     def collect_prepared(self) -> None:
         for name, future in list(self.preparing.items()):
@@ -382,16 +393,12 @@ class Runner:
             return
         if isinstance(error, PermanentError):
             self._log(name).error("cannot run task: %s", error)
-            record_failure(self.spool.active, name, record, str(error),
-                           self.spool.failed("active"), limit=1)
-            self._reply_quarantined(name, record, str(error))
+            self._give_up(name, record, str(error), limit=1)
             return
         reason = f"{type(error).__name__}: {error}"
         self._log(name).error("preparing task failed (attempt %d): %s", failures(record) + 1,
                               reason, exc_info=error)
-        if record_failure(self.spool.active, name, record, reason, self.spool.failed("active")):
-            self._reply_quarantined(name, record, reason)
-        else:
+        if not self._give_up(name, record, reason):
             delay = self.cfg.execution.retry_delay * 2 ** (failures(record) - 1)
             self.retry_at[name] = time.time() + delay
 
@@ -448,21 +455,18 @@ class Runner:
             self._attempt_failed(name, e)
 
     def _build_failed(self, name: str, spec: ImageSpec, invocation: str | None) -> None:
-        tail = "\n".join(_journal_tail(invocation, 15)) if invocation else ""
         reason = f"the container image {spec.tag} failed to build"
         self._log(name).error("%s", reason)
         record = self.spool.active.read(name)
-        record_failure(self.spool.active, name, record, reason, self.spool.failed("active"),
-                       limit=1)
-        task = TaskRecord.from_dict(record)
-        container_path = self.cfg.repos[task.repo].container_path if (
-            task.repo in self.cfg.repos) else ".airut/container"
+        repo = self.cfg.repos.get(record.get("repo"))
+        container_path = repo.container_path if repo else ".airut/container"
         text = (f"The container image for this repository failed to build, so the task could "
                 f"not run. Fix {container_path}/Dockerfile on the default branch, then send "
                 "your message again.")
+        tail = "\n".join(_journal_tail(invocation, 15)) if invocation else ""
         if tail:
             text += f"\n\nBuild output (end):\n```\n{tail}\n```"
-        self._reply(name, task, text, "failed", merged=self._merged_ids(record))
+        self._give_up(name, record, reason, limit=1, text=text)
 
     # -- running --------------------------------------------------------------
 
@@ -554,11 +558,7 @@ class Runner:
             files = self.spool.outgoing(task.channel).path / f"{name}.files"
             sent = outbox.collect(cdir / "outbox", files,
                                   self.cfg.execution.outbox_max_bytes)
-        if cdir:
-            (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
-        self.sandbox.remove_policy(name)
-        self._remove_network(name)
-        self.building.pop(name, None)
+        self._release(name, cdir)
         text = outcome.reply_text(result, summary, limits, repo_id,
                                   note=outcome.CONTEXT_RESET_NOTE.get(state.get("fresh_retry"),
                                                                       ""))
@@ -601,7 +601,12 @@ class Runner:
         self.spool.finished.remove(name)
         self._prepare(name)
 
-    def _remove_network(self, name: str) -> None:
+    def _release(self, name: str, cdir: Path | None) -> None:
+        """What a task holds besides its records: its env file, policy and network."""
+        if cdir:
+            (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
+        self.sandbox.remove_policy(name)
+        self.building.pop(name, None)
         try:
             self.podman.remove_network(_resource(name))
         except Exception as e:
@@ -650,7 +655,6 @@ class Runner:
             log_.info("stopping unit %s (requested by %s)", self.running[name], who)
             self.systemd.stop(self.running[name])
         elif self.spool.active.exists(name) and not self.spool.finished.exists(name):
-            self.building.pop(name, None)
             self._mark_stopped(name)
             self.finish(name, Exit())
         else:
@@ -671,15 +675,25 @@ class Runner:
             if stage.exists(name):
                 stage.move_to(name, self.spool.failed(stage.path.name).ensure())
 
-    def _reply_quarantined(self, name: str, record: dict, reason: str) -> None:
+    def _give_up(self, name: str, record: dict, reason: str, limit: int = MAX_FAILURES,
+                 text: str | None = None) -> bool:
+        """Count a failure; on the limit-th, quarantine the task, release what it holds
+        and tell the sender. True when it was given up."""
+        if not record_failure(self.spool.active, name, record, reason,
+                              self.spool.failed("active"), limit=limit):
+            return False
         self.retry_at.pop(name, None)
+        cid = record.get("conversation_id")
+        cdir = paths.conversation_dir(self.state_dir, cid) if cid else None
+        self._release(name, cdir)
         try:
             task = TaskRecord.from_dict(record)
         except RecordError:
-            return  # nobody to answer
-        self._reply(name, task, f"airut could not run this task: {reason}\n\nThe request was "
-                                "set aside for the operator (spool failed/active/); nothing "
-                                "was lost.", "failed", merged=self._merged_ids(record))
+            return True  # nobody to answer
+        self._reply(name, task, text or f"airut could not run this task: {reason}\n\nThe "
+                    "request was set aside for the operator (spool failed/active/); nothing "
+                    "was lost.", "failed", merged=self._merged_ids(record))
+        return True
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -699,7 +713,8 @@ class Runner:
         try:
             housekeeping.clean_replies(self.spool, execution.reply_max_age_days)
             in_use = ({self._conversation_of(n) for n in self.spool.active.names()}
-                      | {self._incoming_conversation(n) for n in self.spool.incoming.names()})
+                      | {self._peek(self.spool.incoming, n).get("conversation_id")
+                         for n in self.spool.incoming.names()})
             housekeeping.clean_conversations(self.spool, self.state_dir,
                                              execution.conversation_max_age_days,
                                              in_use - {None})
@@ -729,23 +744,18 @@ class Runner:
     def _merged_ids(self, record: dict) -> list[str]:
         return [m.get("task_id") for m in (record.get("state") or {}).get("merged", [])]
 
-    def _state(self, name: str) -> dict:
+    def _peek(self, stage: Stage, name: str) -> dict:
+        """A record as it is now, or {} when it is gone or unreadable."""
         try:
-            return self.spool.active.read(name).get("state") or {}
+            return stage.read(name)
         except (FileNotFoundError, RecordError):
             return {}
 
-    def _conversation_of(self, name: str) -> str | None:
-        try:
-            return self.spool.active.read(name).get("conversation_id")
-        except (FileNotFoundError, RecordError):
-            return None
+    def _state(self, name: str) -> dict:
+        return self._peek(self.spool.active, name).get("state") or {}
 
-    def _incoming_conversation(self, name: str) -> str | None:
-        try:
-            return self.spool.incoming.read(name).get("conversation_id")
-        except (FileNotFoundError, RecordError):
-            return None
+    def _conversation_of(self, name: str) -> str | None:
+        return self._peek(self.spool.active, name).get("conversation_id")
 
     def _log(self, name: str, task: TaskRecord | None = None) -> logging.LoggerAdapter:
         if task is None:

@@ -240,6 +240,21 @@ def test_concurrent_tasks_build_an_image_once(lab):
     assert builds.count(f"COMMIT {tag}") == 1, builds
 
 
+def test_a_broken_dockerfile_is_answered_with_the_build_log(lab):
+    lab.guest("sh", "-ec", imaged_repo("broken").replace(
+        "RUN echo broken > /etc/image-version", "RUN echo it-broke-here && false"))
+    reply = lab.submit("[[scenario:echo]] build me", repo="imaged", timeout=180)
+    assert reply["outcome"] == "failed", reply
+    assert "failed to build" in reply["text"] and "Fix .airut/container/Dockerfile" in reply[
+        "text"]
+    assert "it-broke-here" in reply["text"]  # the end of the build's own log
+    task = reply["task_id"]
+    assert (lab.spool / "failed/active" / f"{task}.json").exists()
+    # The task's network (made before the build) goes with it.
+    assert lab.guest("podman", "network", "exists", f"airut-{task}",
+                     check=False).returncode == 1
+
+
 # -- scheduling ---------------------------------------------------------------------------
 
 def interval_scenario(lab, name: str, seconds: float) -> str:
