@@ -58,7 +58,6 @@ class ImapConfig:
     mailbox: str = "INBOX"
     poll_interval: Annotated[float, Range(min=1)] = 60.0  # a scan even when IDLE is quiet
     ca_file: str | None = None  # a CA to trust besides the system's (an in-house server)
-    idle_timeout: Annotated[int, Range(min=60, max=1740)] = 1740  # re-issue IDLE before 29 min
 
 
 @dataclass

@@ -233,17 +233,16 @@ class EmailChannel:
             logger.error("quarantined unreadable reply %s: %s", name, e)
             self.outgoing.move_to(name, self.failed.ensure())
             return
-        files = self.outgoing.path / f"{name}.files"
-        if not (self.sent / name).exists():
-            msg = compose.reply(self.email.address, reply)
-            pending = _pending(msg, name)
+        pending = None
+        if not (self.sent / name).exists():  # else it went out before a crash
+            pending = _pending(compose.reply(self.email.address, reply), name)
             # The deferred copy holds the whole message, attachments included.
             self.deferred.put(name, pending)
         self.outgoing.remove(name)
-        shutil.rmtree(files, ignore_errors=True)
+        shutil.rmtree(self.outgoing.path / f"{name}.files", ignore_errors=True)
         self._cleanup_task([*reply.merged_task_ids, reply.task_id])
-        if self.deferred.exists(name):
-            self._attempt(name, self.deferred.read(name))
+        if pending is not None:
+            self._attempt(name, pending)
 
     def _attempt(self, name: str, pending: dict) -> None:
         key = pending["sent_key"]

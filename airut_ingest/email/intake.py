@@ -13,13 +13,11 @@ from airut_core.config import EmailConfig
 from airut_ingest.email import auth, parse
 from airut_ingest.email.parse import Attachment
 
-REASONS = ("ok", "not_authenticated", "not_authorized", "malformed", "empty")
-
 
 @dataclass
 class Verdict:
     accepted: bool
-    reason: str
+    reason: str  # ok | not_authenticated | not_authorized | malformed | empty
     detail: str = ""
     sender: str | None = None
     conversation_id: str | None = None  # None: a new conversation
