@@ -4,14 +4,27 @@ reading when things happened from the runner's journal and the demo model's log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 from airut_core.paths import Spool
 from airut_core.records import TaskRecord
 from tests.system.lab import Lab
 
 IMAGE = "localhost/airut-base:latest"
+
+
+@contextlib.contextmanager
+def booted(config: dict) -> Iterator[Lab]:
+    """The lab guest up with this configuration, down again afterwards whatever happens."""
+    lab = Lab()
+    lab.up(config)
+    try:
+        yield lab
+    finally:
+        lab.down()
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 
 from airut_core.paths import Spool
-from bench.common import claim_times, first_requests, ms, one_at_a_time, percentile, submit
+from bench.common import booted, claim_times, first_requests, ms, one_at_a_time, percentile, submit
 from bench.common import wait_reply as wait
 from tests.system.lab import WRITE_ALLOWLIST, Lab, base_config
 
@@ -97,17 +97,13 @@ def image_cache(lab: Lab, rounds: int = 3) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    lab = Lab()
     config = base_config(demo={}, image={"repo_url": "/srv/git/bench-image.git"})
     config["execution"]["max_concurrent"] = 4
-    lab.up(config)
-    try:
+    with booted(config) as lab:
         one_at_a_time(lab, 2)  # warm up
         single = one_at_a_time(lab, 10)
         load = concurrent(lab)
         images = image_cache(lab)
-    finally:
-        lab.down()
     print(f"bench/concurrency: {load['tasks']} tasks over {CONVERSATIONS} conversations, "
           f"max_concurrent=4, each agent runs `sleep 1` then answers")
     print(f"  completed {load['tasks'] - len(load['lost'])}/{load['tasks']}, lost "

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import floor_runs, ms, one_at_a_time, percentile
-from tests.system.lab import Lab, base_config
+from bench.common import booted, floor_runs, ms, one_at_a_time, percentile
+from tests.system.lab import base_config
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=20)
     args = parser.parse_args()
-    lab = Lab()
-    lab.up(base_config(demo={}))
-    try:
+    with booted(base_config(demo={})) as lab:
         floor_runs(lab, 2)  # warm the image and podman's storage
         one_at_a_time(lab, 2)  # and the runner, the CLI binary's page cache
         floor = floor_runs(lab, args.tasks)
         runs = one_at_a_time(lab, args.tasks)
-    finally:
-        lab.down()
     f50 = percentile(floor, 50)
     d = runs["dispatch"]
     print(f"bench/dispatch: {args.tasks} tasks, one at a time, real systemd + podman + "

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.common import ms, percentile
-from tests.system.lab import Lab, base_config
+from bench.common import booted, ms, percentile
+from tests.system.lab import base_config
 
 SCRIPT = r"""
 import json, os, smtplib, sys, time
@@ -69,14 +69,10 @@ def main() -> None:
         "imap": {"host": "127.0.0.1", "port": 143, "security": "none",
                  "username": "airut@corp.test", "password": "airut-pass"},
         "smtp": {"host": "127.0.0.1", "port": 25, "security": "none"}}})
-    lab = Lab()
-    lab.up(config)
-    try:
+    with booted(config) as lab:
         lab.guest("systemctl", "stop", "airut-runner")
         out = lab.guest("/var/lib/airut-lab/guest-venv/bin/python", "-c", SCRIPT,
                         str(args.messages), timeout=900).stdout
-    finally:
-        lab.down()
     times = json.loads(out)
     floor, intake = times["floor"], times["intake"]
     print(f"bench/email: {args.messages} messages, one at a time, postfix -> dovecot -> airut")

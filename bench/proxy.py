@@ -19,7 +19,7 @@ import json
 import time
 
 from airut_core.sandbox import Allowlist, Mask, PolicyRecord, UrlPrefix, subnet
-from bench.common import ms
+from bench.common import booted, ms
 from tests.system.lab import Lab, base_config
 
 CLIENT = r"""
@@ -146,17 +146,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    lab = Lab()
-    lab.up(base_config(demo={}))
-    try:
+    with booted(base_config(demo={})) as lab:
         lab.guest("systemctl", "restart", "airut-proxy")  # a fresh process for its memory
         time.sleep(1)
         idle, loaded = proxy_memory(lab)
         times = latency(lab, args.requests)
         setup = json.loads(guest_python(lab, SETUP, "20"))
         per_task = json.loads(guest_python(lab, PER_TASK_PROXY, "3"))
-    finally:
-        lab.down()
     print(f"bench/proxy: {args.requests} HTTPS requests per series, client in a container")
     for kind in ("keepalive", "new_tls"):
         p, d = times["proxied"][kind], times["direct"][kind]
