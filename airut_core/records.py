@@ -81,6 +81,9 @@ class ReplyRecord(Record):
     outcome: Annotated[str, OneOf(OUTCOMES)]
     # Other tasks of the conversation merged into this one: this reply answers them too.
     merged_task_ids: list[TaskId] = field(default_factory=list)
+    # Their reply_to addresses, in the order of merged_task_ids: a channel answers every
+    # distinct one (merged messages may come from different senders).
+    merged_reply_to: list[str] = field(default_factory=list)
     attachments: list[str] = field(default_factory=list)  # file names in attachments_dir
     attachments_dir: str | None = None
     unit: str | None = None

@@ -569,7 +569,7 @@ class Runner:
         if conv:
             self._record_reply(conv, name, result, summary)
         self._reply(name, task, text, result, unit=state.get("unit"), usage=summary.usage(),
-                    merged=self._merged_ids(record), attachments=sent.names)
+                    record=record, attachments=sent.names)
         self.spool.active.remove(name)
         self.spool.finished.remove(name)
         self._log(name, task).info("task finished: %s (%s)", result,
@@ -614,13 +614,16 @@ class Runner:
 
     def _reply(self, name: str, task: TaskRecord, text: str, result: str,
                unit: str | None = None, usage: dict | None = None,
-               merged: list[str] | None = None, attachments: list[str] | None = None) -> None:
+               record: dict | None = None, attachments: list[str] | None = None) -> None:
         stage = self.spool.outgoing(task.channel).ensure()
+        merged = (record or {}).get("state", {}).get("merged", [])
         files = stage.path / f"{name}.files"
         reply = ReplyRecord(task_id=name, conversation_id=task.conversation_id, repo=task.repo,
                             channel=task.channel, reply_to=task.reply_to, text=text,
                             outcome=result, unit=unit, usage=usage or {},
-                            merged_task_ids=merged or [], attachments=attachments or [],
+                            merged_task_ids=[m.get("task_id") for m in merged],
+                            merged_reply_to=[m.get("reply_to") for m in merged],
+                            attachments=attachments or [],
                             attachments_dir=str(files) if attachments else None)
         # Named by the task: writing it twice replaces it, never duplicates it.
         stage.put(name, reply.to_dict())
@@ -692,7 +695,7 @@ class Runner:
             return True  # nobody to answer
         self._reply(name, task, text or f"airut could not run this task: {reason}\n\nThe "
                     "request was set aside for the operator (spool failed/active/); nothing "
-                    "was lost.", "failed", merged=self._merged_ids(record))
+                    "was lost.", "failed", record=record)
         return True
 
     # -- housekeeping ---------------------------------------------------------
@@ -740,9 +743,6 @@ class Runner:
         if task.task_id != name:
             raise PermanentError(f"record {name} carries task id {task.task_id}")
         return task, merged
-
-    def _merged_ids(self, record: dict) -> list[str]:
-        return [m.get("task_id") for m in (record.get("state") or {}).get("merged", [])]
 
     def _peek(self, stage: Stage, name: str) -> dict:
         """A record as it is now, or {} when it is gone or unreadable."""
