@@ -33,6 +33,10 @@ class ResourceLimits:
     memory: Annotated[int, Size] = 4 << 30  # MemoryMax
     cpus: Annotated[float, Range(min=0.01)] = 2.0  # CPUQuota = cpus * 100%
     pids_limit: Annotated[int, Range(min=16)] = 1024  # TasksMax
+    # The conversation's disk: workspace, session state, inbox, outbox, storage, the
+    # agent's output and the container's own writes. A task that grows past it is
+    # stopped (doc/security.md, "Disk").
+    disk: Annotated[int, Size] = 10 << 30
 
 
 @dataclass
@@ -99,6 +103,10 @@ class RepoConfig:
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"
+    # Let the agent create user namespaces inside its container (rootless podman or
+    # bubblewrap in a task). Off: nothing else needs them and they widen the kernel
+    # surface the agent can reach.
+    allow_user_namespaces: bool = False
 
 
 @dataclass
@@ -111,9 +119,11 @@ class AgentConfig:
     # offline demo model on this host is http://host.containers.internal:8765.
     api_base_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment, every agent
-    # Container root is this host uid (and gid); the container's ids map to the 65536
-    # ids from here. Keep the range out of /etc/subuid ranges of other users.
-    host_uid_base: Annotated[int, Range(min=65536, max=4_294_901_759)] = 1_000_000_000
+    # Each conversation's container root is a host uid (and gid) of its own: ranges of
+    # 65536 ids, uid_ranges of them, from host_uid_base on. Keep them out of the
+    # /etc/subuid ranges of other users.
+    host_uid_base: Annotated[int, Range(min=65536, max=4_000_000_000)] = 1_000_000_000
+    uid_ranges: Annotated[int, Range(min=1, max=4096)] = 1024  # conversations at once
     image_max_age_hours: Annotated[float, Range(min=0)] = 24.0  # rebuild older images
     build_timeout: Annotated[int, Range(min=10)] = 1800  # seconds per image build
 
@@ -199,6 +209,11 @@ def parse(text: str, source: str) -> Config:
     except schema.SchemaError as e:
         raise ConfigError(f"{source}: {e}") from e
     config.source = source
+    last = config.agent.host_uid_base + config.agent.uid_ranges * 65536 - 1
+    if last > 0xFFFFFFFE:
+        raise ConfigError(f"{source}: agent.uid_ranges: {config.agent.uid_ranges} ranges from "
+                          f"agent.host_uid_base {config.agent.host_uid_base} end past the "
+                          "largest host id (4294967294)")
     for repo_id, repo in config.repos.items():
         if repo.email and not repo.email.authorized_senders:
             raise ConfigError(f"{source}: repos.{repo_id}.email.authorized_senders: must name "

@@ -8,16 +8,25 @@ Written only by airut-runner; read by the dashboard and by `airut submit
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 from airut_core import paths, schema
+from airut_core.schema import Match, Range
 from airut_core.spool import dump, utc_now, write_atomic
 
 FILE = "conversation.json"
 LAST_REPLY_CHARS = 3000
+# What Claude Code prints as a session id (a UUID today); it becomes a command-line
+# argument of the next task, so nothing else is accepted.
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class ConversationError(ValueError):
+    """conversation.json cannot be read or does not match its schema."""
 
 
 @dataclass
@@ -28,7 +37,7 @@ class ReplySummary:
     duration_ms: int | None = None
     cost_usd: float | None = None
     turns: int | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, int | float] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,11 +47,14 @@ class Conversation:
     model: str  # pinned at creation: later config changes do not move a conversation
     effort: str | None = None
     created: str = field(default_factory=utc_now)
-    session_id: str | None = None  # the agent session to --resume
+    session_id: Annotated[str, Match(SESSION_ID, "session id")] | None = None  # to --resume
     replies: list[ReplySummary] = field(default_factory=list)
     # The latest successful answer, cut to LAST_REPLY_CHARS: the context a fresh
     # session gets when the old one cannot be resumed.
     last_reply: str = ""
+    # Container root is this host uid (and gid), the conversation's own range of
+    # USERNS_SIZE ids; None for conversations made before ranges existed.
+    uid_base: Annotated[int, Range(min=65536)] | None = None
 
     def replied_to(self, task_id: str) -> bool:
         return any(r.task_id == task_id for r in self.replies)
@@ -57,12 +69,15 @@ def new_id(state_dir: Path | str) -> str:
 
 
 def load(state_dir: Path | str, conversation_id: str) -> Conversation | None:
+    """The conversation, None if there is none, ConversationError if it is unreadable."""
     path = paths.conversation_dir(state_dir, conversation_id) / FILE
     try:
         data = json.loads(path.read_bytes())
+        return schema.build(Conversation, data)
     except FileNotFoundError:
         return None
-    return schema.build(Conversation, data, str(path))
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, SchemaError
+        raise ConversationError(f"{path}: {e}") from e
 
 
 def save(state_dir: Path | str, conversation: Conversation) -> None:

@@ -24,15 +24,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from airut_core.spool import utc_now, write_atomic
 
+T = TypeVar("T")
 INTERRUPTED = "interrupted: the process ended while working on it"
 REASON_MAX = 2000  # characters of one reason kept (an exception text can be huge)
 
 
 class Permanent(Exception):
-    """Raised by work that retrying cannot help: the item is quarantined at once."""
+    """Raised by work that retrying cannot help: the item is quarantined at once.
+    An exception's `reply` attribute (a str), if any, travels with its failure entry."""
 
 
 @dataclass
@@ -44,8 +47,9 @@ class _Entry:
 class Guard:
     def __init__(self, what: str, logger: logging.Logger | logging.LoggerAdapter,
                  limit: int = 3, delay: float = 1.0, max_delay: float = 300.0,
-                 store: Path | None = None):
+                 store: Path | None = None, count_crashes: bool = True):
         self.what = what
+        self.count_crashes = count_crashes
         self.logger = logger
         self.limit = limit
         self.delay = delay
@@ -63,6 +67,30 @@ class Guard:
             quarantine: Callable[[list[dict]], None] | None = None,
             log: logging.Logger | logging.LoggerAdapter | None = None) -> bool:
         """Do `work` for one item unless it is backing off. True when it succeeded."""
+        if not self.begin(key, quarantine, log):
+            return False
+        try:
+            work()
+        except Exception as e:  # the point: nothing one item does escapes
+            self.fail(key, e, quarantine, log)
+            return False
+        self.forget(key)
+        return True
+
+    def value(self, key: str, work: Callable[[], T],
+              quarantine: Callable[[list[dict]], None] | None = None,
+              log: logging.Logger | logging.LoggerAdapter | None = None) -> T | None:
+        """Like run(), for work that returns something: its value, or None if it failed
+        or is backing off."""
+        result: list[T] = []
+        self.run(key, lambda: result.append(work()), quarantine, log)
+        return result[0] if result else None
+
+    # -- the same in steps, for work that finishes elsewhere (a worker thread) ------------
+
+    def begin(self, key: str, quarantine: Callable[[list[dict]], None] | None = None,
+              log: logging.Logger | logging.LoggerAdapter | None = None) -> bool:
+        """May the item be tried now? If so, the attempt is written down (with a store)."""
         entry = self._entry(key)
         if entry.next_try > time.monotonic():
             return False
@@ -71,13 +99,13 @@ class Guard:
             self._set_aside(key, entry, quarantine, log or self.logger)
             return False
         self._remember_attempt(key, entry)
-        try:
-            work()
-        except Exception as e:  # the point: nothing one item does escapes
-            self._failed(key, entry, e, quarantine, log or self.logger)
-            return False
-        self.forget(key)
         return True
+
+    def fail(self, key: str, error: Exception,
+             quarantine: Callable[[list[dict]], None] | None = None,
+             log: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+        """One failed attempt: count it, then back off or set the item aside."""
+        self._failed(key, self._entry(key), error, quarantine, log or self.logger)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -108,11 +136,14 @@ class Guard:
     def _failed(self, key: str, entry: _Entry, error: Exception,
                 quarantine: Callable[[list[dict]], None] | None,
                 log: logging.Logger | logging.LoggerAdapter) -> None:
-        reason = describe(error)
+        failure = {"time": utc_now(), "reason": describe(error)}
+        if isinstance(getattr(error, "reply", None), str):
+            failure["reply"] = error.reply  # what to tell the sender, when it comes to that
         if entry.failures and entry.failures[-1]["reason"] == INTERRUPTED:
-            entry.failures[-1]["reason"] = reason  # the attempt written down beforehand
+            entry.failures[-1] = failure  # the attempt written down beforehand
         else:
-            entry.failures.append({"time": utc_now(), "reason": reason})
+            entry.failures.append(failure)
+        reason = failure["reason"]
         self.failed_total += 1
         count = len(entry.failures)
         permanent = isinstance(error, Permanent)
@@ -149,7 +180,7 @@ class Guard:
 
     def _remember_attempt(self, key: str, entry: _Entry) -> None:
         """Write the attempt down first: if the process dies in it, it counts."""
-        if self.store is None:
+        if self.store is None or not self.count_crashes:
             return
         entry.failures.append({"time": utc_now(), "reason": INTERRUPTED})
         self._save(key, entry)

@@ -22,7 +22,7 @@ Channel = Annotated[str, Match(paths.CHANNEL, "channel name")]
 RepoId = Annotated[str, Match(paths.REPO_ID, "repository id")]
 
 OUTCOMES = ("success", "failed", "out_of_memory", "timeout", "stopped", "auth_failed",
-            "rate_limited", "overloaded", "prompt_too_long")
+            "rate_limited", "overloaded", "prompt_too_long", "disk_limit")
 ENVELOPE = ("schema", "failures", "state")
 
 

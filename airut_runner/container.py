@@ -9,15 +9,23 @@ a stop take milliseconds instead of the full stop timeout. `--pull=never`: a mis
 image is an immediate, clear error, not minutes of retrying an unreachable registry.
 
 Hardening: every capability dropped but the five package managers need, no new
-privileges, and a user namespace mapping container root to an unprivileged host
-uid range (agent.host_uid_base and the 65535 above it), so what the agent creates
-in its workspace is not owned by host root.
+privileges, a user namespace mapping container root to the conversation's own
+unprivileged range of host ids (uids.py), so what the agent creates in its workspace
+is not owned by host root and two conversations are two users; and a seccomp profile
+that denies creating user namespaces inside the container (a repository may allow
+them with allow_user_namespaces), since nothing a task does needs them and they open
+kernel surface (mounts, more capabilities inside the new namespace).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from airut_core.spool import write_atomic
+from airut_runner.uids import USERNS_SIZE
 
 PODMAN = "/usr/bin/podman"
 CLAUDE_IN_CONTAINER = "/opt/claude/claude"
@@ -37,7 +45,6 @@ CA_BUNDLE_IN_CONTAINER = "/etc/ssl/certs/ca-certificates.crt"
 CA_ENV = {"NODE_EXTRA_CA_CERTS": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_BUNDLE_IN_CONTAINER,
           "REQUESTS_CA_BUNDLE": CA_BUNDLE_IN_CONTAINER, "CURL_CA_BUNDLE": CA_BUNDLE_IN_CONTAINER,
           "GIT_SSL_CAINFO": CA_BUNDLE_IN_CONTAINER}
-USERNS_SIZE = 65536
 CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")
 
 MOUNTS = (("workspace", "/workspace"), ("claude", "/root/.claude"), ("inbox", "/inbox"),
@@ -53,12 +60,13 @@ class AgentRun:
     network: str
     model: str
     env_file: Path
-    host_uid_base: int
+    uid_base: int
     effort: str | None = None
     resume_session: str | None = None
     sandbox_gateway: str | None = None  # set: the task's DNS and proxy are there
     proxy_ca: str | None = None  # the proxy's CA certificate, the only one trusted
     hosts_file: str | None = None  # replaces the host's /etc/hosts podman would copy
+    seccomp_profile: str | None = None  # None: podman's default (user namespaces allowed)
 
     def argv(self) -> list[str]:
         cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
@@ -67,9 +75,11 @@ class AgentRun:
                f"--env-file={self.env_file}",
                "--cap-drop=ALL", f"--cap-add={','.join(CAPABILITIES)}",
                "--security-opt=no-new-privileges",
-               f"--uidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
-               f"--gidmap=0:{self.host_uid_base}:{USERNS_SIZE}",
+               f"--uidmap=0:{self.uid_base}:{USERNS_SIZE}",
+               f"--gidmap=0:{self.uid_base}:{USERNS_SIZE}",
                f"--entrypoint={CLAUDE_IN_CONTAINER}"]
+        if self.seccomp_profile:
+            cmd.append(f"--security-opt=seccomp={self.seccomp_profile}")
         if self.sandbox_gateway:
             # Every name resolves to the gateway, where the proxy waits. No IPv6: the
             # host's link-local address must not be a way around the firewall.
@@ -100,6 +110,48 @@ HOST_NAME = "host.containers.internal"
 # Podman copies the host's /etc/hosts into containers: a task would learn the host's
 # names and could resolve them around the sandbox's DNS. It gets only localhost.
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+def hosts_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "container-hosts"
+
+
+def seccomp_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "seccomp-no-userns.json"
+
+
+PODMAN_SECCOMP = Path("/usr/share/containers/seccomp.json")
+CLONE_NEWUSER = 0x10000000
+NO_USERNS = ("clone", "clone3", "unshare")
+
+
+def write_container_files(state_dir: Path, default_profile: Path = PODMAN_SECCOMP) -> None:
+    """What every task container is given: its /etc/hosts and the seccomp profile.
+
+    The profile is podman's own default with one change: creating a user namespace is
+    refused (EPERM) in clone and unshare, and clone3 answers ENOSYS (its flags are in
+    memory seccomp cannot read), so C libraries fall back to clone."""
+    write_atomic(hosts_file(state_dir), HOSTS.encode(), mode=0o644)
+    write_atomic(seccomp_file(state_dir), json.dumps(no_userns_profile(
+        json.loads(default_profile.read_text())), indent=1).encode(), mode=0o644)
+
+
+def no_userns_profile(profile: dict) -> dict:
+    profile = copy.deepcopy(profile)
+    for rule in profile["syscalls"]:
+        if rule.get("action") == "SCMP_ACT_ALLOW" and not rule.get("args"):
+            rule["names"] = [n for n in rule["names"] if n not in NO_USERNS]
+    for name in ("clone", "unshare"):
+        profile["syscalls"] += [
+            {"names": [name], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": CLONE_NEWUSER, "valueTwo": 0,
+                       "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+             "args": [{"index": 0, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER,
+                       "op": "SCMP_CMP_MASKED_EQ"}]}]
+    profile["syscalls"].append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO",
+                                "errnoRet": 38})
+    return profile
 
 
 def host_url(url: str | None, gateway: str) -> str | None:

@@ -13,8 +13,11 @@ many tasks wait for it. Queries and pruning go through podman_api.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +51,19 @@ def resolve(mirror: Mirror, container_path: str, default_image: str) -> ImageSpe
     if tree and mirror.has_file(tree, "Dockerfile"):
         return ImageSpec(tag=f"{REPO_IMAGE}:{tree[:20]}", tree=tree)
     return ImageSpec(tag=default_image)
+
+
+@contextlib.contextmanager
+def in_use(state_dir: Path, exclusive: bool = False) -> Iterator[None]:
+    """Taking an image for a task (shared) against pruning images (exclusive): a task
+    records its image in its record's state under the shared lock, and housekeeping
+    keeps every image recorded there."""
+    with open(Path(state_dir) / "images.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def epoch(created: object) -> float | None:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 GIT_TIMEOUT = 600
 
@@ -36,11 +37,31 @@ def git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT) -> st
     return done.stdout
 
 
+def public_url(url: str) -> str:
+    """The URL without a password or token: `https://TOKEN@host/x` and
+    `https://user:TOKEN@host/x` become `https://host/x`; an ssh URL keeps its user name
+    (`ssh://git@host/x`, `git@host:x`), which is not a secret, but loses a password."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc or "@" not in parts.netloc:
+        return url  # a path, or scp-like `user@host:path`
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    keep_user = parts.scheme in ("ssh", "git+ssh", "ssh+git") and user
+    netloc = f"{user}@{hostport}" if keep_user else hostport
+    if has_password or not keep_user:
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 class Mirror:
     def __init__(self, state_dir: Path | str, repo_id: str, url: str):
         self.root = Path(state_dir) / "repos" / repo_id
         self.path = self.root / "mirror.git"
         self.url = url
+
+    def _public(self, text: str) -> str:
+        """Error texts reach logs and replies: never with the URL's credentials."""
+        return text.replace(self.url, public_url(self.url))
 
     @contextlib.contextmanager
     def _lock(self, mode: int) -> Iterator[None]:
@@ -59,7 +80,7 @@ class Mirror:
                 try:
                     git("fetch", "--prune", "--quiet", "origin", cwd=self.path)
                 except GitError as e:
-                    raise GitError(f"cannot fetch {self.url}: {e}") from e
+                    raise GitError(self._public(f"cannot fetch {self.url}: {e}")) from e
                 return
             tmp = self.root / "mirror.git.new"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -67,14 +88,15 @@ class Mirror:
                 git("clone", "--mirror", "--quiet", "--", self.url, str(tmp))
             except GitError as e:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise GitError(f"cannot clone {self.url}: {e}") from e
+                raise GitError(self._public(f"cannot clone {self.url}: {e}")) from e
             tmp.rename(self.path)
 
     def clone_workspace(self, target: Path) -> None:
-        """A full, independent clone (no shared objects), origin pointing at the real URL."""
+        """A full, independent clone (no shared objects), origin pointing at the real URL
+        without its credentials: the agent reads the workspace's .git/config."""
         with self._lock(fcntl.LOCK_SH):
             git("clone", "--quiet", "--no-hardlinks", "--", str(self.path), str(target))
-        git("remote", "set-url", "origin", self.url, cwd=target)
+        git("remote", "set-url", "origin", public_url(self.url), cwd=target)
 
     def default_branch(self) -> str:
         return git("symbolic-ref", "--short", "HEAD", cwd=self.path).strip()

@@ -5,10 +5,15 @@ files are not, and the reply says so), up to execution.outbox_max_bytes per repl
 what does not fit stays in the outbox for the next reply. Sent files move into the
 spool beside the reply record (outgoing/<channel>/<task>.files/) before the record
 is written, so the record never names a file that is not there.
+
+The outbox is the agent's directory: every entry is opened through a descriptor of it
+without following links, and names are made safe (valid UTF-8, printable, at most 200
+bytes) before they go into the spool, a record or a mail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airut_runner.outcome import format_bytes
+from airut_runner.workspace import DIR_FLAGS, create_exclusive, safe_name
 
 
 @dataclass
@@ -33,36 +39,72 @@ def collect(outbox: Path, dest: Path, max_bytes: int) -> Collected:
         result.names = sorted(p.name for p in dest.iterdir())
     total = sum((dest / n).stat().st_size for n in result.names)
     try:
-        entries = sorted(os.scandir(outbox), key=lambda e: e.name)
+        box = os.open(outbox, DIR_FLAGS)
     except FileNotFoundError:
         return result
-    for entry in entries:
-        info = entry.stat(follow_symlinks=False)
-        if stat.S_ISLNK(info.st_mode):
-            result.notes.append(f"{entry.name} (links are not sent)")
-        elif stat.S_ISDIR(info.st_mode):
-            result.notes.append(f"{entry.name}/ (directories are not sent; put files in the "
-                                "outbox root)")
-        elif not stat.S_ISREG(info.st_mode):
-            result.notes.append(f"{entry.name} (not a regular file)")
-        elif total + info.st_size > max_bytes:
-            result.notes.append(f"{entry.name} ({format_bytes(info.st_size)}: over the "
-                                f"{format_bytes(max_bytes)} limit per reply; it stays in "
-                                "/outbox)")
-        else:
-            dest.mkdir(parents=True, exist_ok=True)
-            _move(Path(entry.path), dest / entry.name)
-            total += info.st_size
-            result.names.append(entry.name)
+    try:
+        for name in sorted(os.listdir(box)):
+            shown = safe_name(name)
+            info = os.stat(name, dir_fd=box, follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                result.notes.append(f"{shown} (links are not sent)")
+            elif stat.S_ISDIR(info.st_mode):
+                result.notes.append(f"{shown}/ (directories are not sent; put files in the "
+                                    "outbox root)")
+            elif not stat.S_ISREG(info.st_mode):
+                result.notes.append(f"{shown} (not a regular file)")
+            elif total + info.st_size > max_bytes:
+                result.notes.append(f"{shown} ({format_bytes(info.st_size)}: over the "
+                                    f"{format_bytes(max_bytes)} limit per reply; it stays in "
+                                    "/outbox)")
+            else:
+                dest.mkdir(mode=0o750, parents=True, exist_ok=True)
+                used = _move(box, name, dest, max_bytes - total)
+                if used is not None:
+                    total += (dest / used).stat().st_size
+                    result.names.append(used)
+    finally:
+        os.close(box)
     result.names.sort()
     return result
 
 
-def _move(source: Path, target: Path) -> None:
-    """Copy without following links (the agent controls the source), then remove it."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.unlink(source)
+def _move(box: int, name: str, dest: Path, room: int) -> str | None:
+    """Copy one file out of the outbox (never through a link, at most `room` bytes),
+    then remove it there. Returns its name in dest, None if it was not a regular file
+    when opened."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=box)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        out = os.open(dest, DIR_FLAGS)
+        try:
+            used, target = create_exclusive(out, safe_name(name), mode=0o640)
+        finally:
+            os.close(out)
+        with os.fdopen(target, "wb") as dst:
+            shutil.copyfileobj(_Limited(src, room), dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=box)
+    return used
+
+
+class _Limited:
+    """At most n bytes of a file (it cannot grow past what was measured)."""
+
+    def __init__(self, f, n: int):
+        self.f, self.left = f, n
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.f.read(size)
+        self.left -= len(data)
+        return data

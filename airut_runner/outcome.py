@@ -13,6 +13,7 @@ SESSION_LOST mean "run once more in a fresh session with a recovery prompt".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from airut_core.config import ResourceLimits
@@ -34,7 +35,13 @@ class Exit:
 
     @classmethod
     def from_marker(cls, marker: dict) -> Exit:
-        return cls(**{k: marker.get(k, getattr(cls, k)) for k in cls.__dataclass_fields__})
+        """From a finished/ marker; a field of the wrong type counts as absent."""
+        values = {}
+        for name in cls.__dataclass_fields__:
+            default = getattr(cls, name)
+            value = marker.get(name, default)
+            values[name] = value if type(value) is type(default) else default
+        return cls(**values)
 
     @property
     def out_of_memory(self) -> bool:
@@ -44,10 +51,12 @@ class Exit:
 
 
 def classify(exit: Exit, stop_requested: bool, summary: RunSummary | None = None,
-             resumed: bool = False) -> str:
+             resumed: bool = False, over_disk: bool = False) -> str:
     summary = summary or RunSummary()
     if stop_requested:
         return "stopped"
+    if over_disk:
+        return "disk_limit"
     if exit.out_of_memory:
         return "out_of_memory"
     if exit.service_result == "timeout":
@@ -62,21 +71,40 @@ def classify(exit: Exit, stop_requested: bool, summary: RunSummary | None = None
     if summary.terminal_reason == "prompt_too_long" or summary.result_text.startswith(
             "Prompt is too long"):
         return PROMPT_TOO_LONG
-    if resumed and (summary.session_not_found or (status and 400 <= status < 500)):
+    if resumed and (summary.session_not_found or _transcript_rejected(summary)):
         return SESSION_LOST
     if exit.service_result == "success" and not summary.is_error:
         return "success"
     return "failed"
 
 
+def _transcript_rejected(summary: RunSummary) -> bool:
+    """The API refused the session's own history (a 400 about `messages`: tool_use without
+    tool_result, altered thinking blocks...): only a fresh session can go on. Other 4xx
+    (a bad model name, billing, a request too large for other reasons) say nothing about
+    the session, which is kept."""
+    if summary.api_error_status != 400:
+        return False
+    detail = " ".join([summary.result_text, *summary.result.errors])
+    return bool(re.search(r"\bmessages(\.\d+)?[.:]|tool_use|tool_result|thinking", detail))
+
+
 def reply_text(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str = "",
-               note: str = "") -> str:
-    body = _body(outcome, summary, limits, repo)
+               note: str = "", disk: dict | None = None) -> str:
+    body = _body(outcome, summary, limits, repo, disk or {})
     return f"{note}\n\n{body}" if note else body
 
 
-def _body(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str) -> str:
+def _body(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str,
+          disk: dict) -> str:
     detail = summary.result_text.strip()
+    if outcome == "disk_limit":
+        used = disk.get("used") if isinstance(disk.get("used"), int) else 0
+        return (f"The task was stopped: this conversation's files grew to "
+                f"{format_bytes(used)}, over its disk limit of {format_bytes(limits.disk)}. "
+                "Work done so far is kept: reply asking the agent to make room (build "
+                "outputs, caches, downloads), or ask the operator to raise "
+                f"repos.{repo or '<repository>'}.resource_limits.disk.")
     if outcome == "success":
         return f"{summary.reply_text()}\n\n{usage_footer(summary)}".rstrip()
     if outcome == "out_of_memory":
@@ -92,7 +120,8 @@ def _body(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str) 
     if outcome == "auth_failed":
         return ("The model credentials were rejected, so your message was not processed. "
                 "The operator needs to fix the API key of this repository "
-                f"(repos.{repo or '<repository>'}.secrets); then send your message again."
+                f"(repos.{repo or '<repository>'}.masked_secrets, or .secrets when the network "
+                "sandbox is off); then send your message again."
                 + _quoted(detail))
     if outcome in ("rate_limited", "overloaded"):
         what = ("is rate-limiting this account" if outcome == "rate_limited"

@@ -101,8 +101,20 @@ class Podman:
                         logger.warning("cannot remove leftover container %s: %s", name, e)
         return removed
 
+    def container_upper_dir(self, name: str) -> str | None:
+        """Where the container's own writes land (its overlay upper directory)."""
+        with self.client() as c:
+            try:
+                attrs = c.containers.get(name).attrs
+            except NotFound:
+                return None
+        data = (attrs.get("GraphDriver") or {}).get("Data") or {}
+        upper = data.get("UpperDir")
+        return upper if isinstance(upper, str) and upper.startswith("/") else None
+
     def prune_images(self, keep: set[str]) -> list[str]:
-        """Remove airut's repository images not in keep and not used, and dangling layers."""
+        """Remove airut's own repository images (by label) not in keep and not used by a
+        container, and airut's dangling ones; nothing else on the host is touched."""
         removed = []
         with self.client() as c:
             for image in c.images.list(filters={"label": LABEL}):
@@ -114,5 +126,5 @@ class Podman:
                     removed.extend(sorted(tags) or [image.short_id])
                 except APIError:
                     continue  # in use by a container: keep it
-            c.images.prune()
+            c.images.prune(filters={"label": LABEL})
         return removed

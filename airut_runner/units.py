@@ -99,8 +99,19 @@ class Systemd:
             raise
         return True
 
-    def stop(self, name: str) -> None:
-        self._manager.Manager.StopUnit(name.encode(), b"replace")
+    def start_unit(self, name: str) -> None:
+        """Start an installed unit (not a transient one)."""
+        self._manager.Manager.StartUnit(name.encode(), b"replace")
+
+    def stop(self, name: str) -> bool:
+        """Stop a unit; False if no such unit is loaded (it ended meanwhile)."""
+        try:
+            self._manager.Manager.StopUnit(name.encode(), b"replace")
+        except DBusBaseError as e:
+            if "NoSuchUnit" in str(e.err_name) or "not loaded" in str(e):
+                return False
+            raise
+        return True
 
     def active_state(self, name: str) -> str | None:
         return self.loaded(name).get(name)

@@ -7,7 +7,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lab.env"
 ROOT=$1
 SYS=$ROOT/etc/systemd/system
-install -m644 "$REPO"/units/*.service "$REPO"/units/*.target "$REPO"/units/*.slice "$SYS/"
+install -m644 "$REPO"/units/*.service "$REPO"/units/*.target "$REPO"/units/*.slice \
+  "$REPO"/units/*.timer "$SYS/"
 for unit in "$REPO"/units/*.service; do
   name=$(basename "$unit")
   exe=$(sed -n 's|^ExecStart=/usr/bin/\([^ ]*\).*|\1|p' "$unit")

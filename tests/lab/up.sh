@@ -43,6 +43,7 @@ printf 'AIRUT_DEMO_MODEL_ARGS=--listen-tls 127.0.0.1:443 --listen 127.0.0.1:80 -
 printf 'AIRUT_PROXY_ARGS=--upstream-ca /etc/airut/lab-tls/ca.pem\n' > "$ROOT/etc/default/airut-proxy"
 # The demo model runs as a dynamic user and binds 80 and 443 in the guest.
 printf 'net.ipv4.ip_unprivileged_port_start=0\n' > "$ROOT/etc/sysctl.d/50-airut-lab.conf"
+rm -rf "$REPO/build"  # stale modules of earlier builds would be installed too
 "$AIRUT_LAB/guest-venv/bin/pip" install -q --no-deps --force-reinstall --no-build-isolation "$REPO" >&2
 "$HERE/install-units.sh" "$ROOT"
 "$HERE/mail.sh" "$ROOT"

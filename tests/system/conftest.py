@@ -19,6 +19,10 @@ def lab():
         cpu={"resource_limits": {"cpus": 0.5}},
         bomb={"resource_limits": {"pids_limit": 128, "timeout": 30}},
         imaged={"repo_url": "/srv/git/imaged.git"},
+        disk={"resource_limits": {"disk": "64M", "timeout": 120}},
+        nested={"allow_user_namespaces": True},
+        # Credentials in the URL (served over plain HTTP in the guest by the test).
+        private={"repo_url": "http://airut:TOKEN-SECRET@127.0.0.1:8099/demo.git"},
         # Break-glass: no proxy; the agent talks to the demo model's plain port directly.
         mail={"email": {
             "address": "airut@corp.test", "trusted_authserv_id": "mx.corp.test",

@@ -107,7 +107,7 @@ def test_reply_texts_tell_the_user_what_happened():
 def test_podman_command_line(tmp_path):
     run = container.AgentRun(container_name="airut-t1", conversation_dir=tmp_path, image="img",
                              claude_binary="/cache/claude", network="podman", model="opus",
-                             env_file=tmp_path / "t1.env", host_uid_base=1_000_000_000,
+                             env_file=tmp_path / "t1.env", uid_base=1_000_000_000,
                              effort="high", resume_session="s1")
     argv = run.argv()
     assert argv[:6] == ["/usr/bin/podman", "run", "--rm", "--init", "--cgroups=split",

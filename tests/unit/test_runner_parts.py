@@ -140,7 +140,8 @@ def test_outbox_sends_regular_files_within_the_cap(tmp_path):
     (529, "api_error", False, "overloaded"),
     (400, "prompt_too_long", True, outcome.PROMPT_TOO_LONG),
     (400, "prompt_too_long", False, outcome.PROMPT_TOO_LONG),
-    (400, "api_error", True, outcome.SESSION_LOST),
+    (400, "api_error", True, "failed"),  # says nothing about the session: kept
+    (404, "api_error", True, "failed"),
     (400, "api_error", False, "failed"),
     (500, "api_error", True, "failed"),
 ])
@@ -149,6 +150,21 @@ def test_api_errors_are_classified(status, reason, resumed, expected):
                                          terminal_reason=reason)))
     assert outcome.classify(Exit(service_result="exit-code", exit_status="1"), False, summary,
                             resumed) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("API Error: 400 messages.3.content.0: unexpected `tool_use_id` found in `tool_result` "
+     "blocks", outcome.SESSION_LOST),
+    ("API Error: 400 messages: thinking blocks in the latest assistant message cannot be "
+     "modified", outcome.SESSION_LOST),
+    ("API Error: 400 model: claude-nonesuch is not a valid model", "failed"),
+    ("API Error: 400 Your credit balance is too low", "failed"),
+])
+def test_only_a_rejected_history_resets_the_session(text, expected):
+    summary = stream.parse(events(result(text, is_error=True, api_error_status=400)))
+    fail = Exit(service_result="exit-code", exit_status="1")
+    assert outcome.classify(fail, False, summary, resumed=True) == expected
+    assert outcome.classify(fail, False, summary, resumed=False) == "failed"
 
 
 def test_missing_session_is_a_lost_session_only_when_resuming():
@@ -171,7 +187,7 @@ def test_reply_texts_for_api_errors():
     limits = ResourceLimits()
     summary = stream.parse(events(say("x"), result("Invalid API key", is_error=True)))
     auth = outcome.reply_text("auth_failed", summary, limits, "demo")
-    assert "model credentials were rejected" in auth and "repos.demo.secrets" in auth
+    assert "model credentials were rejected" in auth and "repos.demo.masked_secrets" in auth
     assert "The API said: Invalid API key" in auth
     limited = outcome.reply_text("rate_limited", summary, limits)
     assert "rate-limiting" in limited and "keeps its context" in limited

@@ -1,0 +1,137 @@
+"""The disk budget of a conversation, enforced while its task runs.
+
+Disk is a resource like memory: an agent that fills the state filesystem stops every
+daemon. So a thread of its own measures each running task's conversation directory
+(workspace, session state, inbox, outbox, storage, the agent's output, network.log)
+plus the container's writable layer in podman's storage, every INTERVAL seconds (less
+often for trees that take long to walk). A task whose usage is over
+resource_limits.disk is stopped; its reply says so, and the work stays. A task that
+starts over the limit (a conversation that grew before, or a lowered limit) may run as
+long as it does not grow by more than SLACK: that is how a user gets the agent to make
+room.
+
+This is a watch, not a quota: between two measurements an agent can write at disk
+speed. The kernel bounds what the container's memory-backed files take (MemoryMax);
+the watch bounds what persists.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from airut_core import paths
+from airut_runner.context import Context, resource
+
+INTERVAL = 5.0
+SLACK = 64 << 20
+
+
+class Watch:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="disk")
+        self.pending: dict[str, Future] = {}
+        self.next_due: dict[str, float] = {}
+        self.upper: dict[str, str | None] = {}  # task -> its container's writable layer
+
+    def tick(self) -> None:
+        """Collect finished measurements (stopping tasks over budget), start due ones."""
+        ctx = self.ctx
+        for name, future in list(self.pending.items()):
+            if future.done():
+                del self.pending[name]
+                self._judge(name, future)
+        now = time.monotonic()
+        for name in list(self.next_due):
+            if name not in ctx.running:
+                self.next_due.pop(name, None)
+                self.upper.pop(name, None)
+        for name in list(ctx.running):
+            if name not in self.pending and self.next_due.get(name, 0) <= now:
+                cid = ctx.conversation_of(name)
+                if cid:
+                    self.pending[name] = self.pool.submit(self._measure, name, cid)
+
+    def _measure(self, name: str, cid: str) -> tuple[int, float]:
+        started = time.monotonic()
+        total = usage(paths.conversation_dir(self.ctx.state_dir, cid))
+        upper = self._upper_dir(name)
+        if upper:
+            total += usage(Path(upper))
+        return total, time.monotonic() - started
+
+    def _upper_dir(self, name: str) -> str | None:
+        if self.upper.get(name) is None:
+            try:
+                self.upper[name] = self.ctx.podman.container_upper_dir(resource(name))
+            except Exception:
+                self.upper[name] = None  # not created yet; next time
+        return self.upper[name]
+
+    def _judge(self, name: str, future: Future) -> None:
+        ctx = self.ctx
+        try:
+            used, took = future.result()
+        except Exception as e:
+            ctx.log(name).warning("cannot measure the task's disk use: %s", e)
+            self.next_due[name] = time.monotonic() + INTERVAL
+            return
+        self.next_due[name] = time.monotonic() + max(INTERVAL, 10 * took)
+        if name not in ctx.running:
+            return
+        record = ctx.peek(ctx.spool.active, name)
+        state = record.get("state") if isinstance(record.get("state"), dict) else {}
+        repo = ctx.cfg.repos.get(record.get("repo")) if isinstance(record.get("repo"),
+                                                                   str) else None
+        if repo is None:
+            return
+        limit = repo.resource_limits.disk
+        start = state.get("disk_start")
+        if not isinstance(start, int) or isinstance(start, bool):
+            state["disk_start"] = start = used  # the first measurement of this run
+            record["state"] = state
+            ctx.spool.active.put(name, record)
+        if used <= limit or (start > limit and used <= start + SLACK):
+            return
+        if state.get("disk_exceeded"):
+            return  # already stopping
+        state["disk_exceeded"] = {"used": used, "limit": limit}
+        record["state"] = state
+        ctx.spool.active.put(name, record)
+        ctx.log(name).warning("stopping the task: its conversation uses %d bytes of disk, over "
+                              "its limit of %d", used, limit)
+        ctx.systemd.stop(ctx.running[name])
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def usage(root: Path) -> int:
+    """Bytes of disk taken by a tree (allocated blocks; links not followed, hard links
+    counted once)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(entry.path)
+    return total

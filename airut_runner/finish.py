@@ -1,0 +1,190 @@
+"""Finishing: a task's unit ended (or the task never started); what happened becomes
+a reply.
+
+In a worker thread, because the agent's output is hostile and may be large: read this
+run's part of events.jsonl (bounded and checked, stream.read), classify the ending,
+collect the outbox, write the reply's text. Then on the loop's thread: record the
+reply in the conversation, write the reply record, release what the task holds, and
+forget the task. A resumed session the API cannot go on with is run once more, in a
+fresh session, instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airut_core import conversation, paths
+from airut_core.config import ResourceLimits
+from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
+from airut_core.records import ReplyRecord
+from airut_runner import outbox, outcome, stream
+from airut_runner.context import Context, resource
+from airut_runner.outcome import Exit
+
+logger = logging.getLogger("airut.runner")
+SANDBOX_OFF = ("Warning: the network sandbox is off for this repository "
+               "(repos.{repo}.network.sandbox: false): the agent had unrestricted network "
+               "access, and masked secrets were not available to it.")
+
+
+@dataclass
+class Ending:
+    result: str  # an outcome, or outcome.RETRY_FRESH's request for a fresh session
+    summary: stream.RunSummary
+    exit: Exit
+    text: str = ""
+    attachments: list[str] = field(default_factory=list)
+
+    @property
+    def retry_fresh(self) -> bool:
+        return self.result in outcome.RETRY_FRESH
+
+
+def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
+    """Hand the task's ending to a worker. Without `exit`, the unit's finished/ marker
+    says how it ended."""
+    invocation = None
+    if exit is None:
+        marker = ctx.peek(ctx.spool.finished, name) or {"service_result": "unknown"}
+        exit = Exit.from_marker(marker)
+        invocation = marker.get("invocation_id")
+    ctx.running.pop(name, None)
+    ctx.building.pop(name, None)
+    ctx.finishing[name] = ctx.submit(summarize, ctx, name, exit,
+                                     invocation if isinstance(invocation, str) else None)
+
+
+def summarize(ctx: Context, name: str, exit: Exit, invocation: str | None) -> Ending:
+    """Worker thread: what happened, and the reply's text."""
+    record, task = ctx.task(name)
+    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    repo = ctx.cfg.repos.get(task.repo)
+    limits = repo.resource_limits if repo else ResourceLimits()
+    conv = _conversation(ctx, task.conversation_id, task.repo)
+    cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
+    offset = state.get("events_offset")
+    summary = stream.RunSummary()
+    if cdir and isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+        summary = stream.read(cdir / "events.jsonl", offset)
+    disk = state.get("disk_exceeded") if isinstance(state.get("disk_exceeded"), dict) else None
+    result = outcome.classify(exit, state.get("stop_requested") is True, summary,
+                              resumed=state.get("resumed") is True, over_disk=bool(disk))
+    if result in outcome.RETRY_FRESH and state.get("resumed") is True \
+            and not state.get("fresh_retry") and conv:
+        return Ending(result, summary, exit)
+    if result == "failed" and not summary.error_tail() and invocation:
+        summary.other_lines.extend(journal_tail(invocation))
+    sent = outbox.Collected()
+    if cdir and result != "timeout":  # after a timeout, partial output waits in /outbox
+        files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
+        sent = outbox.collect(cdir / "outbox", files, ctx.cfg.execution.outbox_max_bytes)
+    note = outcome.CONTEXT_RESET_NOTE.get(state.get("fresh_retry"), "") \
+        if isinstance(state.get("fresh_retry"), str) else ""
+    text = outcome.reply_text(result, summary, limits, task.repo, note=note, disk=disk)
+    if sent.notes:
+        text = f"{text}\n\n{sent.note()}"
+    if state.get("sandbox") is False:
+        text = f"{text}\n\n{SANDBOX_OFF.format(repo=task.repo)}"
+    return Ending(result, summary, exit, text, sent.names)
+
+
+def complete(ctx: Context, name: str) -> None:
+    """The loop's thread: the worker is done; reply, release, forget."""
+    ending = ctx.finishing.pop(name).result()  # the worker's exception, if any
+    record, task = ctx.task(name)
+    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    conv = _conversation(ctx, task.conversation_id, task.repo)
+    if ending.retry_fresh and conv:
+        retry_fresh(ctx, name, record, conv, ending.result)
+        return
+    cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
+    release(ctx, name, cdir)
+    if conv:
+        record_reply(ctx, conv, name, ending.result, ending.summary)
+    merged = [m for m in state.get("merged", []) if isinstance(m, dict)]
+    files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
+    reply = ReplyRecord(
+        task_id=name, conversation_id=task.conversation_id, repo=task.repo,
+        channel=task.channel, reply_to=task.reply_to, text=ending.text,
+        outcome=ending.result, unit=state.get("unit") if isinstance(state.get("unit"), str)
+        else None, usage=ending.summary.usage(),
+        merged_task_ids=[m.get("task_id") for m in merged],
+        merged_reply_to=[m.get("reply_to") for m in merged],
+        attachments=ending.attachments,
+        attachments_dir=str(files) if ending.attachments else None)
+    # Named by the task: writing it twice replaces it, never duplicates it.
+    ctx.spool.outgoing(task.channel).ensure().put(name, reply.to_dict())
+    ctx.spool.active.remove(name)
+    ctx.spool.finished.remove(name)
+    ctx.tasks.forget(name)
+    ctx.log(name, task).info("task finished: %s (%s)", ending.result,
+                             ending.exit.service_result or "not started")
+
+
+def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
+                 summary: stream.RunSummary) -> None:
+    conv.session_id = summary.session_id or conv.session_id
+    if result == "success":
+        conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
+    if not conv.replied_to(name):
+        usage = summary.usage()
+        conv.replies.append(ReplySummary(
+            task_id=name, outcome=result, duration_ms=usage.get("duration_ms"),
+            cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage))
+    conversation.save(ctx.state_dir, conv)
+
+
+def retry_fresh(ctx: Context, name: str, record: dict, conv: Conversation, reason: str) -> None:
+    """The session cannot go on: once, run the task again in a fresh session. The loop
+    prepares it again (it is claimed, and nobody works on it)."""
+    ctx.log(name).warning("%s: retrying once in a fresh session", reason.replace("_", " "))
+    release(ctx, name, paths.conversation_dir(ctx.state_dir, conv.conversation_id))
+    conv.session_id = None
+    conversation.save(ctx.state_dir, conv)
+    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    state["fresh_retry"] = reason
+    for key in ("unit", "events_offset", "resumed", "disk_exceeded"):
+        state.pop(key, None)
+    record["state"] = state
+    ctx.spool.active.put(name, record)
+    ctx.spool.finished.remove(name)
+
+
+def release(ctx: Context, name: str, cdir: Path | None) -> None:
+    """What a task holds besides its records: its env file, policy and network."""
+    ctx.building.pop(name, None)
+    ctx.running.pop(name, None)
+    if cdir:
+        (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
+    ctx.sandbox.remove_policy(name)
+    try:
+        ctx.podman.remove_network(resource(name))
+    except Exception as e:
+        ctx.log(name).warning("cannot remove the network of the task: %s", e)
+
+
+def _conversation(ctx: Context, cid: str | None, repo: str) -> Conversation | None:
+    """The task's conversation, if it has one of its own repository (a task that never
+    started may still name another repository's conversation, which is not its own)."""
+    if not cid:
+        return None
+    try:
+        conv = conversation.load(ctx.state_dir, cid)
+    except conversation.ConversationError as e:
+        logger.error("%s", e)
+        return None
+    return conv if conv and conv.repo == repo else None
+
+
+def journal_tail(invocation: str, lines: int = 10) -> list[str]:
+    """A unit's own output (podman's errors, a build's log), from the journal."""
+    try:
+        out = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines),
+                              f"_SYSTEMD_INVOCATION_ID={invocation}"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in out.splitlines() if line.strip()]

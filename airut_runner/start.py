@@ -1,0 +1,78 @@
+"""Starting a prepared task's unit: the transient service that runs `podman run`.
+
+The record's state gets the unit's name and where this run's output starts in the
+conversation's events.jsonl before the unit starts, so a restarted runner can adopt
+the unit and read exactly this run's output.
+"""
+
+from __future__ import annotations
+
+import os
+
+from airut_core import paths
+from airut_core.spool import utc_now
+from airut_runner import container, units
+from airut_runner.context import Context, Prepared, resource
+from airut_runner.sandbox import PROXY_UNIT
+
+EVENTS_KEEP = 64 << 20  # events.jsonl beyond this moves to events.1.jsonl before a run
+
+
+def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
+    conv, image, policy = prepared.conversation, prepared.image, prepared.policy
+    if policy:
+        ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+    record, task = ctx.task(name)
+    repo = ctx.cfg.repo(task.repo)
+    cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
+    events = cdir / "events.jsonl"
+    rotate(events)
+    events.touch(mode=0o640)
+    unit = units.unit_name(conv.conversation_id, name)
+    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    if state.get("fresh_retry"):
+        unit = unit.replace(".service", "-fresh.service")
+    state.update({"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
+                  "started": utc_now(), "stop_requested": False,
+                  "resumed": bool(conv.session_id), "sandbox": policy is not None,
+                  "disk_start": prepared.disk_start})
+    state.pop("disk_exceeded", None)
+    record["state"] = state
+    ctx.spool.active.put(name, record)
+    if policy:
+        ctx.sandbox.write_policy(policy)
+    else:
+        ctx.log(name, task).warning("the network sandbox is off for repository %s: the "
+                                    "task has unrestricted network access", task.repo)
+    run = container.AgentRun(
+        container_name=resource(name), conversation_dir=cdir, image=image.tag,
+        claude_binary=ctx.cfg.agent.claude_binary, network=resource(name),
+        model=conv.model, env_file=cdir / "tasks" / f"{name}.env",
+        uid_base=conv.uid_base, effort=conv.effort, resume_session=conv.session_id,
+        sandbox_gateway=prepared.gateway if policy else None,
+        proxy_ca=ctx.cfg.proxy.ca_cert if policy else None,
+        hosts_file=str(container.hosts_file(ctx.state_dir)),
+        seccomp_profile=(None if repo.allow_user_namespaces
+                         else str(container.seccomp_file(ctx.state_dir))))
+    task_unit = units.TaskUnit(
+        name=unit, argv=run.argv(), stdin_file=cdir / "tasks" / f"{name}.prompt",
+        stdout_file=events, spool_dir=str(ctx.spool.root), task_id=name,
+        conversation_id=conv.conversation_id, repo=task.repo, limits=repo.resource_limits,
+        stop_grace=ctx.cfg.execution.stop_grace)
+    if not ctx.systemd.start(unit, task_unit.properties()):
+        raise RuntimeError(f"unit {unit} is already loaded")
+    ctx.running[name] = unit
+    ctx.tasks.forget(name)  # it runs: earlier failures to start it are behind it
+    ctx.log(name, task).info(
+        "started unit %s (image %s, %s, model %s)", unit, image.tag,
+        "resumed session" if conv.session_id else "new session", conv.model)
+
+
+def rotate(events) -> None:
+    """Keep the conversation's agent output from growing without end: what is there
+    beyond EVENTS_KEEP moves to events.1.jsonl (replacing the one before)."""
+    try:
+        if events.stat().st_size > EVENTS_KEEP:
+            os.replace(events, events.with_name("events.1.jsonl"))
+    except FileNotFoundError:
+        pass
