@@ -85,4 +85,5 @@ def save(state_dir: Path | str, conversation: Conversation) -> None:
 
 
 def save_in(directory: Path, conversation: Conversation) -> None:
-    write_atomic(directory / FILE, dump(asdict(conversation)))
+    write_atomic(directory / FILE, dump(asdict(conversation)), mode=0o640,
+                 gid=paths.daemon_gid())

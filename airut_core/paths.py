@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import grp
 import re
 from pathlib import Path
 
@@ -16,6 +18,21 @@ CONVERSATION_ID = re.compile(r"^[0-9a-f]{8}$")
 TASK_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
 CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+# The group of airut's daemons that read conversation state (the proxy appends to
+# network.log; channels and the dashboard read conversation.json). Conversation
+# directories are 0750 root:airut: nobody else on the host reads them.
+DAEMON_GROUP = "airut"
+
+
+@functools.cache
+def daemon_gid() -> int | None:
+    """The group's id, or None where it does not exist (a development checkout)."""
+    try:
+        return grp.getgrnam(DAEMON_GROUP).gr_gid
+    except KeyError:
+        return None
 
 
 class Spool:

@@ -74,24 +74,12 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int
             os.fsync(f.fileno())
         if gid is not None:
             os.chown(tmp, -1, gid)  # before the rename: readers never see it otherwise
-        _before_rename_hook(tmp)
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
-
-
-def _before_rename_hook(tmp: Path) -> None:
-    """Crash-test seam: with AIRUT_TEST_CRASH_BEFORE_RENAME set, die right here.
-
-    The spool tests use it to prove that a writer killed between the write and
-    the rename leaves no visible record. os._exit skips every cleanup, exactly
-    like a SIGKILL would.
-    """
-    if os.environ.get("AIRUT_TEST_CRASH_BEFORE_RENAME"):
-        os._exit(70)
 
 
 def dump(record: dict) -> bytes:

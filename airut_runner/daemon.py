@@ -67,7 +67,11 @@ class Runner:
     def __init__(self, cfg: Config, systemd: units.Systemd | None = None,
                  podman: Podman | None = None):
         self.ctx = Context(cfg, systemd or units.Systemd(), podman or Podman())
-        (self.ctx.state_dir / "conversations").mkdir(mode=0o750, parents=True, exist_ok=True)
+        conversations = self.ctx.state_dir / "conversations"
+        conversations.mkdir(mode=0o750, parents=True, exist_ok=True)
+        os.chmod(conversations, 0o750)  # 0755 before: other users could look in
+        if paths.daemon_gid() is not None:
+            os.chown(conversations, 0, paths.daemon_gid())
         container.write_container_files(self.ctx.state_dir)
         self.disk = disk.Watch(self.ctx)
         self.stopping = False

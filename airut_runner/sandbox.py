@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from airut_core import paths
 from airut_core.config import ProxyConfig, RepoConfig
 from airut_core.sandbox import (
     ALLOWLIST_FILE,
@@ -101,7 +102,7 @@ class NetworkSandbox:
         gid = grp.getgrnam(PROXY_GROUP).gr_gid
         log_file = Path(policy.network_log)
         log_file.touch(mode=0o640)
-        os.chown(log_file, pwd.getpwnam(PROXY_GROUP).pw_uid, gid)
+        os.chown(log_file, pwd.getpwnam(PROXY_GROUP).pw_uid, paths.daemon_gid() or gid)
         self.policies.ensure(mode=0o750)
         os.chown(self.policies.path, 0, gid)
         self.policies.put(policy.task_id, policy.to_dict(), gid=gid)

@@ -27,7 +27,10 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
     events = cdir / "events.jsonl"
     rotate(events)
-    events.touch(mode=0o640)
+    if not events.exists():
+        events.touch(mode=0o640)
+        if paths.daemon_gid() is not None:
+            os.chown(events, 0, paths.daemon_gid())
     unit = units.unit_name(conv.conversation_id, name)
     state = record.get("state") if isinstance(record.get("state"), dict) else {}
     if state.get("fresh_retry"):

@@ -65,6 +65,8 @@ def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig, mirror: 
     tmp = final.parent / f".new-{cid}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o750, parents=True)
+    if paths.daemon_gid() is not None:
+        os.chown(tmp, 0, paths.daemon_gid())
     uid_base = uid_pool.allocate(cid)
     try:
         for sub in SUBDIRS:

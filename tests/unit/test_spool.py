@@ -49,11 +49,12 @@ def test_scan_ignores_tmp_and_foreign_files(spool):
 
 
 def test_writer_killed_before_the_rename_leaves_no_visible_record(spool):
-    code = ("import sys; from airut_core.spool import Stage;"
-            "Stage(sys.argv[1]).put('victim', {'a': 1})")
-    result = subprocess.run([sys.executable, "-c", code, str(spool.incoming.path)],
-                            env={**os.environ, "AIRUT_TEST_CRASH_BEFORE_RENAME": "1"})
-    assert result.returncode == 70  # died at the seam, between fsync and rename
+    # The writer dies like a SIGKILL (no cleanup) the moment it would rename.
+    code = ("import os, sys; from airut_core import spool;"
+            "spool.os.rename = lambda *a: os._exit(70);"
+            "spool.Stage(sys.argv[1]).put('victim', {'a': 1})")
+    result = subprocess.run([sys.executable, "-c", code, str(spool.incoming.path)])
+    assert result.returncode == 70  # died between the fsync and the rename
     assert spool.incoming.names() == []
     assert not spool.incoming.exists("victim")
     leftovers = list(spool.incoming.tmp.iterdir())
