@@ -133,7 +133,6 @@ class ProxyConfig:
     """airut-proxy, the only way out of a task's network."""
 
     ca_cert: str = "/var/lib/airut-proxy/mitmproxy-ca-cert.pem"  # what agents trust
-    upstream_ca: str | None = None  # extra CA the proxy trusts upstream (tests, in-house)
     policies: str = "/run/airut/policies"
 
 
