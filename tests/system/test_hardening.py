@@ -315,3 +315,18 @@ def test_an_api_error_about_the_request_keeps_the_session(lab):
     assert reply["outcome"] == "failed", reply
     assert not reply["text"].startswith("(The agent's previous session")
     assert lab.conversation(conv)["session_id"] == session
+
+
+def test_the_runner_can_write_only_airuts_own_directories(lab):
+    props = lab.unit_properties("airut-runner.service", "ProtectSystem", "ReadWritePaths")
+    assert props["ProtectSystem"] == "strict"
+    pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value",
+                    "airut-runner").stdout.strip()
+    # In the runner's own view of the filesystem, a write that went astray (the bug the
+    # agent's links would need) fails; airut's directories stay writable.
+    for path in ("/etc/airut-runner-probe", "/usr/local/airut-probe", "/root/airut-probe"):
+        denied = lab.guest("nsenter", "-t", pid, "-m", "touch", path, check=False)
+        assert denied.returncode != 0, path
+        assert "Read-only file system" in denied.stderr or "No such file" in denied.stderr
+    for path in ("/var/lib/airut/probe", "/var/spool/airut/probe"):
+        lab.guest("nsenter", "-t", pid, "-m", "sh", "-c", f"touch {path} && rm {path}")
