@@ -327,6 +327,5 @@ def test_the_runner_can_write_only_airuts_own_directories(lab):
     for path in ("/etc/airut-runner-probe", "/usr/local/airut-probe", "/root/airut-probe"):
         denied = lab.guest("nsenter", "-t", pid, "-m", "touch", path, check=False)
         assert denied.returncode != 0, path
-        assert "Read-only file system" in denied.stderr or "No such file" in denied.stderr
     for path in ("/var/lib/airut/probe", "/var/spool/airut/probe"):
         lab.guest("nsenter", "-t", pid, "-m", "sh", "-c", f"touch {path} && rm {path}")
