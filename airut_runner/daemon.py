@@ -104,7 +104,10 @@ class Runner:
             if rung or now - last_scan >= SCAN_INTERVAL or (due is not None and due <= 0):
                 self.tick()
                 last_scan = now
-            self.disk.tick()
+            try:
+                self.disk.tick()
+            except Exception:
+                logger.exception("disk watch pass failed")
             status = self.describe()
             notifier.notify(f"WATCHDOG=1\nSTATUS={status}" if status != self.status
                             else "WATCHDOG=1")

@@ -44,7 +44,10 @@ class Watch:
         for name, future in list(self.pending.items()):
             if future.done():
                 del self.pending[name]
-                self._judge(name, future)
+                try:
+                    self._judge(name, future)
+                except Exception:  # one task's measurement never stops the loop
+                    ctx.log(name).exception("cannot act on the task's disk use")
         now = time.monotonic()
         for name in list(self.next_due):
             if name not in ctx.running:
