@@ -96,15 +96,23 @@ def _print_reply(reply: ReplyRecord, as_json: bool) -> None:
     if as_json:
         print(json.dumps(reply.to_dict(), indent=1))
         return
-    print(reply.text)
+    print(printable(reply.text))
     if reply.attachments:
-        print(f"\nfiles: {', '.join(reply.attachments)} (in {reply.attachments_dir})")
+        print(f"\nfiles: {printable(', '.join(reply.attachments))} (in {reply.attachments_dir})")
     if reply.merged_task_ids:
         print(f"\n(answers merged messages: {', '.join(reply.merged_task_ids)})",
               file=sys.stderr)
     print(f"\n[{reply.outcome}] conversation {reply.conversation_id} · task {reply.task_id}"
           f" · unit {reply.unit or '-'}\ncontinue with: airut submit --conversation "
           f"{reply.conversation_id} \"...\"", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """The agent wrote this text: terminal control sequences (colours, titles, the
+    clipboard escape) are shown, not obeyed."""
+    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x7f") else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

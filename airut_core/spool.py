@@ -15,10 +15,12 @@ State is which files exist where. Nothing here parses names beyond ordering.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
 import select
+import stat
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from pathlib import Path
 import inotify_simple
 
 SUFFIX = ".json"
+RECORD_MAX = 16 << 20  # a record (a reply with a long answer) stays far below this
 TMP = "tmp"
 MAX_FAILURES = 3
 
@@ -87,9 +90,11 @@ def dump(record: dict) -> bytes:
 
 
 def load(data: bytes, where: str) -> dict:
+    if len(data) > RECORD_MAX:
+        raise RecordError(f"{where}: larger than {RECORD_MAX} bytes")
     try:
         record = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RecordError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(record, dict):
         raise RecordError(f"{where}: a record must be a JSON object")
@@ -130,8 +135,21 @@ class Stage:
         return self.file(name).exists()
 
     def read(self, name: str) -> dict:
-        """The record; FileNotFoundError if it is gone, RecordError if unreadable."""
-        return load(self.file(name).read_bytes(), str(self.file(name)))
+        """The record; FileNotFoundError if it is gone, RecordError if unreadable.
+
+        Some stages are written by less trusted users than their readers (a channel's
+        user writes incoming/, root reads it): a link there is not followed."""
+        path = self.file(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise RecordError(f"{path}: is a symbolic link, not a record") from e
+            raise
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RecordError(f"{path}: not a regular file")
+            return load(f.read(RECORD_MAX + 1), str(path))
 
     def move_to(self, name: str, other: Stage, new_name: str | None = None) -> bool:
         """Rename a record into another stage: the claim. False if someone else won."""

@@ -95,7 +95,10 @@ def find_reply(stage: Stage, task_id: str) -> ReplyRecord | None:
         except FileNotFoundError:
             continue
         except RecordError as e:
-            raise SubmitError(str(e)) from e
+            if name == task_id:
+                raise SubmitError(str(e)) from e
+            continue  # another task's reply: not ours to judge
+
         if name == task_id or task_id in reply.merged_task_ids:
             return reply
     return None

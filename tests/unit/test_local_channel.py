@@ -81,3 +81,11 @@ def test_stop_writes_a_control_record(cfg):
     control = Spool(cfg.paths.spool).control
     (name,) = control.names()
     assert ControlRecord.from_dict(control.read(name)).task_id == "t1"
+
+
+def test_agent_text_cannot_drive_the_terminal():
+    from airut_cli.main import printable
+    text = "done\x1b]52;c;ZXZpbA==\x07 \x1b[31mred\x1b[0m\n\tnext\u202eevil"
+    shown = printable(text)
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert shown.startswith("done\\x1b]52;c;") and "\n\tnext" in shown

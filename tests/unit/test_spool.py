@@ -164,3 +164,18 @@ def test_doorbell_is_only_a_hint(spool):
 def test_move_to_reports_a_lost_race(spool):
     stage = Stage(spool.root / "other").ensure()
     assert spool.incoming.move_to("nothing", stage) is False
+
+
+def test_a_link_in_a_stage_is_not_followed(spool, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"schema": "airut.task/1", "text": "from elsewhere"}')
+    (spool.incoming.path / "linked.json").symlink_to(secret)
+    with pytest.raises(RecordError, match="symbolic link"):
+        spool.incoming.read("linked")
+
+
+def test_an_oversized_record_is_refused_unread(spool):
+    from airut_core.spool import RECORD_MAX
+    (spool.incoming.path / "huge.json").write_bytes(b"[" * (RECORD_MAX + 10))
+    with pytest.raises(RecordError, match="larger than"):
+        spool.incoming.read("huge")
