@@ -72,7 +72,12 @@ class Runner:
         os.chmod(conversations, 0o750)  # 0755 before: other users could look in
         if paths.daemon_gid() is not None:
             os.chown(conversations, 0, paths.daemon_gid())
-        container.write_container_files(self.ctx.state_dir)
+        try:
+            container.write_container_files(self.ctx.state_dir)
+        except (OSError, ValueError, KeyError) as e:
+            # Tasks that need the profile will say so; the others can still run.
+            logger.error("cannot make the task containers' seccomp profile from podman's "
+                         "default (%s): %s", container.PODMAN_SECCOMP, e)
         self.disk = disk.Watch(self.ctx)
         self.stopping = False
         self.reload_requested = False

@@ -47,6 +47,11 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     else:
         ctx.log(name, task).warning("the network sandbox is off for repository %s: the "
                                     "task has unrestricted network access", task.repo)
+    seccomp = None if repo.allow_user_namespaces else container.seccomp_file(ctx.state_dir)
+    if seccomp and not seccomp.is_file():
+        raise RuntimeError(f"the containers' seccomp profile {seccomp} is missing (made at the "
+                           f"runner's start from {container.PODMAN_SECCOMP}; see the "
+                           "runner's journal)")
     run = container.AgentRun(
         container_name=resource(name), conversation_dir=cdir, image=image.tag,
         claude_binary=ctx.cfg.agent.claude_binary, network=resource(name),
@@ -55,8 +60,7 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
         sandbox_gateway=prepared.gateway if policy else None,
         proxy_ca=ctx.cfg.proxy.ca_cert if policy else None,
         hosts_file=str(container.hosts_file(ctx.state_dir)),
-        seccomp_profile=(None if repo.allow_user_namespaces
-                         else str(container.seccomp_file(ctx.state_dir))))
+        seccomp_profile=str(seccomp) if seccomp else None)
     task_unit = units.TaskUnit(
         name=unit, argv=run.argv(), stdin_file=cdir / "tasks" / f"{name}.prompt",
         stdout_file=events, spool_dir=str(ctx.spool.root), task_id=name,

@@ -172,3 +172,30 @@ def test_prompt_carries_sender_and_time():
     assert "the airut command line" in text
     assert "/inbox/: a.txt" in text
     assert text.endswith("[ann@x 2026-11-26 18:55:01 UTC]\nhi\n")
+
+
+def test_seccomp_profile_refuses_only_new_user_namespaces():
+    base = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read", "clone", "clone3", "unshare", "write"], "action": "SCMP_ACT_ALLOW",
+         "args": []},
+        {"names": ["setns"], "action": "SCMP_ACT_ALLOW", "args": [],
+         "includes": {"caps": ["CAP_SYS_ADMIN"]}}]}
+    profile = container.no_userns_profile(base)
+    assert profile["syscalls"][0]["names"] == ["read", "write"]
+    assert base["syscalls"][0]["names"][1] == "clone"  # the original is untouched
+    rules = {(r["names"][0], r["action"]): r for r in profile["syscalls"][2:]}
+    allow = rules[("clone", "SCMP_ACT_ALLOW")]["args"][0]
+    assert (allow["value"], allow["valueTwo"], allow["op"]) == (
+        0x10000000, 0, "SCMP_CMP_MASKED_EQ")
+    deny = rules[("unshare", "SCMP_ACT_ERRNO")]
+    assert deny["errnoRet"] == 1 and deny["args"][0]["valueTwo"] == 0x10000000
+    assert rules[("clone3", "SCMP_ACT_ERRNO")]["errnoRet"] == 38  # ENOSYS: libc falls back
+
+
+def test_podman_line_carries_the_seccomp_profile(tmp_path):
+    run = container.AgentRun(container_name="c", conversation_dir=tmp_path, image="img",
+                             claude_binary="/c", network="n", model="m", env_file=tmp_path,
+                             uid_base=1_000_065_536, seccomp_profile="/p.json")
+    argv = run.argv()
+    assert "--security-opt=seccomp=/p.json" in argv
+    assert "--uidmap=0:1000065536:65536" in argv
