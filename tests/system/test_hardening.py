@@ -91,7 +91,7 @@ def test_forged_stream_lines_neither_stop_the_runner_nor_poison_the_conversation
     for i, line in enumerate(FORGED):
         forge = lab.scenario(f"forge-{i}", [
             bash(f"printf '%s\\n' '{line}' > /proc/1/fd/1; "
-                 "kill -9 $(pgrep -o -f /opt/claude/claude)"), say("not reached")])
+                 "kill -9 $(pgrep -x claude)"), say("not reached")])
         reply = lab.submit(f"{forge} forge your output", conversation=conv, timeout=90)
         assert reply["outcome"] == "failed", reply
         state = lab.conversation(conv)  # still a readable conversation.json
