@@ -42,6 +42,7 @@ def runner_alive(lab, text: str = "still serving") -> None:
 # -- the agent's files --------------------------------------------------------------
 
 def test_a_link_the_agent_leaves_in_the_inbox_is_not_followed(lab):
+    lab.guest("rm", "-f", "/etc/airut-pwned")  # the guest's root survives between runs
     plant = lab.scenario("plant-link", [
         bash("ln -s /etc/airut-pwned /inbox/notes.txt && ls -l /inbox"), say("planted")])
     first = lab.submit(f"{plant} plant a link", repo="demo")
@@ -67,7 +68,7 @@ def test_attachments_come_only_from_the_spool(lab):
     task = put_task(lab, text=f"{marker} what did I attach?", attachments_dir="/etc/airut")
     reply = lab.wait_reply(task)
     assert "airut.yaml" not in reply["text"], reply
-    assert (lab.spool / "failed/active" / f"{task}.json").exists()
+    assert (lab.spool / "failed/incoming" / f"{task}.json").exists()
     assert "attachments" in reply["text"]
     runner_alive(lab)
 
@@ -171,11 +172,10 @@ def test_a_conversation_waits_while_its_task_waits_for_a_retry(lab):
         time.sleep(1)
         a = put_task(lab, conversation_id=conv, text="[[scenario:echo]] A")
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            record = lab.spool / "active" / f"{a}.json"
-            if record.exists() and "cannot fetch" in record.read_text():
-                break
-            time.sleep(0.1)
+        while "cannot fetch" not in lab.journal(f"AIRUT_TASK={a}"):
+            assert time.monotonic() < deadline, "A never failed to fetch"
+            time.sleep(0.2)
+        assert (lab.spool / "active" / f"{a}.json").exists()
         # A cannot fetch and waits for its retry in active/; B arrives meanwhile.
         b = put_task(lab, conversation_id=conv, text="[[scenario:echo]] B")
         time.sleep(2)
@@ -254,7 +254,7 @@ def test_each_conversation_is_its_own_user(lab):
     assert owners[0] != owners[1]
 
 
-NESTED = ("unshare -U -r true; echo unshare=$?; python3 -c \"import ctypes, os; "
+NESTED = ("unshare -U true; echo unshare=$?; python3 -c \"import ctypes, os; "
           "libc = ctypes.CDLL(None, use_errno=True); "
           "r = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0); "
           "os._exit(0) if r == 0 else None; os.waitpid(r, 0) if r > 0 else None; "
