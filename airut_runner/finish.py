@@ -37,10 +37,7 @@ class Ending:
     exit: Exit
     text: str = ""
     attachments: list[str] = field(default_factory=list)
-
-    @property
-    def retry_fresh(self) -> bool:
-        return self.result in outcome.RETRY_FRESH
+    retry_fresh: bool = False  # run once more in a fresh session instead of replying
 
 
 def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
@@ -74,7 +71,9 @@ def summarize(ctx: Context, name: str, exit: Exit, invocation: str | None) -> En
                               resumed=state.get("resumed") is True, over_disk=bool(disk))
     if result in outcome.RETRY_FRESH and state.get("resumed") is True \
             and not state.get("fresh_retry") and conv:
-        return Ending(result, summary, exit)
+        return Ending(result, summary, exit, retry_fresh=True)
+    if result == outcome.SESSION_LOST:
+        result = "failed"  # a fresh session was tried already
     if result == "failed" and not summary.error_tail() and invocation:
         summary.other_lines.extend(journal_tail(invocation))
     sent = outbox.Collected()

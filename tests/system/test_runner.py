@@ -338,14 +338,17 @@ def test_housekeeping_removes_old_conversations_and_unused_images(lab):
     lab.guest("sh", "-ec", MERGE_V2.replace("s/v1/v2/", "s/prune-me/replacement/"))
     assert lab.submit(f"{marker} rebuild", repo="imaged", timeout=180)["outcome"] == "success"
 
-    lab.guest("systemctl", "reload", "airut-runner")
-    deadline = time.monotonic() + 20
-    while path.parent.exists() and time.monotonic() < deadline:
+    lab.guest("systemctl", "reload", "airut-runner")  # starts airut-housekeeping.service
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (path.parent.exists() or lab.guest(
+            "podman", "image", "exists", old_tag, check=False).returncode == 0):
         time.sleep(0.2)
     assert not path.parent.exists()
     assert lab.conversation_dir(kept["conversation_id"]).exists()
     assert lab.guest("podman", "image", "exists", old_tag, check=False).returncode == 1
-    journal = lab.journal("-u", "airut-runner")
+    assert lab.guest("podman", "image", "exists", "localhost/airut-base:latest",
+                     check=False).returncode == 0  # not airut's to prune
+    journal = lab.journal("-u", "airut-housekeeping")
     assert f"removed conversation {old['conversation_id']}" in journal
     assert "pruned" in journal and old_tag in journal
 

@@ -181,7 +181,7 @@ def test_unreadable_record_is_quarantined_and_the_runner_goes_on(lab):
     assert reply["outcome"] == "success" and reply["text"].startswith("still here")
     failed = lab.spool / "failed"
     assert (failed / "incoming/20200101T000000000-badbad.json").exists()
-    assert (failed / "active/20200101T000000001-badbad.json").exists()
+    assert (failed / "incoming/20200101T000000001-badbad.json").exists()  # checked at claim
     journal = lab.journal("-u", "airut-runner")
     assert "not valid JSON" in journal
     assert "not a valid channel name" in journal
