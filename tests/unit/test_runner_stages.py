@@ -270,3 +270,14 @@ def test_a_conversation_of_another_repository_is_not_resumed(runner):
     runner.ctx.spool.incoming.put(task.task_id, task.to_dict())
     spin(runner, lambda: unit_of(runner, task.task_id))
     assert runner.ctx.conversation_of(task.task_id) != cid
+
+
+def test_prompt_too_long_in_a_new_conversation_is_answered_not_retried(runner):
+    task = submit(runner)
+    spin(runner, lambda: unit_of(runner, task))
+    end_unit(runner, task, result="exit-code", events=[json.dumps(
+        {"type": "result", "is_error": True, "result": "Prompt is too long",
+         "api_error_status": 400, "terminal_reason": "prompt_too_long"})])
+    spin(runner, lambda: reply_of(runner, task))
+    assert reply_of(runner, task)["outcome"] == "prompt_too_long"
+    assert len(runner.ctx.systemd.started) == 1  # no second run
