@@ -33,6 +33,7 @@ PARSE_MAX = 64 << 20  # of one run's output, read from its end
 RESULTS_MAX = 20
 REPLY_MAX = 100_000  # characters of reply text
 TEXT_MAX = 20_000  # characters of one result text or error kept for the reply
+SURROGATE = re.compile("[\ud800-\udfff]")
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
@@ -61,7 +62,7 @@ class Result:
             is_error=event.get("is_error") is True,
             api_error_status=_count(event.get("api_error_status"), 999),
             terminal_reason=reason if re.fullmatch(r"[a-z_]{1,64}", reason) else "",
-            errors=[e[:TEXT_MAX] for e in errors[:TAIL_LINES] if isinstance(e, str)],
+            errors=[clean(e[:TEXT_MAX]) for e in errors[:TAIL_LINES] if isinstance(e, str)],
             cost_usd=_money(event.get("total_cost_usd")),
             turns=_count(event.get("num_turns")),
             duration_ms=_count(event.get("duration_ms")),
@@ -151,7 +152,7 @@ def parse(lines: Iterable[bytes | str]) -> RunSummary:
         try:
             event = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
-            summary.other_lines.append(line[:1000])  # podman or runtime messages
+            summary.other_lines.append(clean(line[:1000]))  # podman or runtime messages
             continue
         if isinstance(event, dict):
             _take(summary, event)
@@ -202,12 +203,18 @@ def _assistant_text(event: dict) -> str:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
         return ""
-    return "".join(b["text"] for b in content if isinstance(b, dict)
-                   and b.get("type") == "text" and isinstance(b.get("text"), str)).strip()
+    return clean("".join(b["text"] for b in content if isinstance(b, dict)
+                         and b.get("type") == "text" and isinstance(b.get("text"), str))).strip()
 
 
 def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    return clean(value) if isinstance(value, str) else ""
+
+
+def clean(text: str) -> str:
+    """Valid Unicode: JSON may carry lone surrogates (\\ud800), which no file, record,
+    mail or terminal can encode; each becomes U+FFFD."""
+    return SURROGATE.sub("\ufffd", text)
 
 
 def _count(value: Any, maximum: int = 1 << 53) -> int | None:
