@@ -8,7 +8,9 @@ request is appended to a JSON-lines log so tests can see what the agent sent.
   ... --listen-tls 127.0.0.1:443 --cert server.pem --key server.key   (also HTTPS)
 
 Routes other than the Messages API echo the request back, so in the test lab the
-same server also plays any web server an agent may try to reach.
+same server also plays any web server an agent may try to reach. Two routes stream,
+for testing what sits in between: GET /stream/events?count=N&interval=S sends N
+server-sent events S seconds apart, GET /stream/bytes?size=N sends N bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import sdnotify
 
@@ -45,7 +48,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.record(self, None)
-        if self.path.startswith("/api/"):
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/stream/events":
+            self._events(int(query.get("count", "5")), float(query.get("interval", "0.5")))
+        elif url.path == "/stream/bytes":
+            self._bytes(int(query.get("size", "0")))
+        elif self.path.startswith("/api/"):
             # Claude Code's own side calls (settings, policy limits): "nothing here"
             # ends them at once, where an unexpected 200 makes the CLI retry.
             self._json(404, _error("not_found_error", f"no route {self.path}"))
@@ -135,6 +144,29 @@ class Handler(BaseHTTPRequestHandler):
             "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
             "usage": {"output_tokens": message["usage"]["output_tokens"]}})
         self._event("message_stop", {"type": "message_stop"})
+
+    def _events(self, count: int, interval: float) -> None:
+        """Server-sent events spaced in time: what a proxy must pass on as they come."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for i in range(count):
+            if i:
+                time.sleep(interval)
+            self._event("tick", {"n": i, "sent": time.time()})
+
+    def _bytes(self, size: int) -> None:
+        """A download of `size` bytes, written as it goes (no body is held in memory)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = bytes(1 << 16)
+        while size > 0:
+            self.wfile.write(chunk[:size])
+            size -= len(chunk)
 
     def _event(self, name: str, data: dict) -> None:
         self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
