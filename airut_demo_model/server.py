@@ -10,7 +10,8 @@ request is appended to a JSON-lines log so tests can see what the agent sent.
 Routes other than the Messages API echo the request back, so in the test lab the
 same server also plays any web server an agent may try to reach. Two routes stream,
 for testing what sits in between: GET /stream/events?count=N&interval=S sends N
-server-sent events S seconds apart, GET /stream/bytes?size=N sends N bytes.
+server-sent events S seconds apart, GET /stream/bytes?size=N&seconds=S sends N
+bytes over at least S seconds.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/stream/events":
             self._events(int(query.get("count", "5")), float(query.get("interval", "0.5")))
         elif url.path == "/stream/bytes":
-            self._bytes(int(query.get("size", "0")))
+            self._bytes(int(query.get("size", "0")), float(query.get("seconds", "0")))
         elif self.path.startswith("/api/"):
             # Claude Code's own side calls (settings, policy limits): "nothing here"
             # ends them at once, where an unexpected 200 makes the CLI retry.
@@ -157,16 +158,21 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(interval)
             self._event("tick", {"n": i, "sent": time.time()})
 
-    def _bytes(self, size: int) -> None:
-        """A download of `size` bytes, written as it goes (no body is held in memory)."""
+    def _bytes(self, size: int, seconds: float) -> None:
+        """A download of `size` bytes, written as it goes, spread over at least
+        `seconds` (a download that is still running while other things happen)."""
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
         self.end_headers()
-        chunk = bytes(1 << 16)
-        while size > 0:
-            self.wfile.write(chunk[:size])
-            size -= len(chunk)
+        chunk, sent, start = bytes(1 << 16), 0, time.monotonic()
+        while sent < size:
+            n = min(len(chunk), size - sent)
+            self.wfile.write(chunk[:n])
+            sent += n
+            ahead = start + seconds * sent / size - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _event(self, name: str, data: dict) -> None:
         self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())

@@ -707,7 +707,7 @@ class Runner:
         except ConfigError as e:
             logger.error("configuration not reloaded, keeping the old one: %s", e)
         else:
-            self.cfg = cfg
+            self.cfg, self.sandbox.proxy = cfg, cfg.proxy
             logger.info("configuration reloaded from %s", cfg.source)
         self.janitor()
 
