@@ -212,8 +212,8 @@ def _target_problem(flow: http.HTTPFlow) -> str | None:
         if not request.authority:
             return "an HTTP/2 request without :authority"
         if len(hosts) > 1 or (hosts and _split_host(hosts[0]) != _split_host(request.authority)):
-            return (f"host headers ({', '.join(hosts)}) besides :authority "
-                    f"({request.authority}): exactly one authority is allowed")
+            return (f"exactly one authority is allowed: host headers ({', '.join(hosts)}) "
+                    f"besides :authority ({request.authority})")
         authority = request.authority
     else:
         if len(hosts) != 1:
