@@ -83,8 +83,8 @@ class Handler(BaseHTTPRequestHandler):
     def _echo(self, body: Any) -> dict:
         """Any other route answers with what it received: a stand-in for any web server."""
         return {"echo": True, "method": self.command, "path": self.path,
-                "host": self.headers.get("Host"), "headers": dict(self.headers.items()),
-                "body": body}
+                "host": self.headers.get("Host"), "hosts": self.headers.get_all("Host", []),
+                "headers": dict(self.headers.items()), "body": body}
 
     def _messages(self, body: dict, size: int) -> None:
         position = scenarios.Position(body.get("messages") or [])
@@ -214,7 +214,8 @@ class DemoModelServer(ThreadingHTTPServer):
         if not self.log_path:
             return
         entry = {"time": time.time(), "method": handler.command, "path": handler.path,
-                 "headers": dict(handler.headers.items()), "body": body}
+                 "headers": dict(handler.headers.items()),
+                 "hosts": handler.headers.get_all("Host", []), "body": body}
         with self._lock, self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
