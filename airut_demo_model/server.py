@@ -168,11 +168,11 @@ class Handler(BaseHTTPRequestHandler):
         chunk, sent, start = bytes(1 << 16), 0, time.monotonic()
         while sent < size:
             n = min(len(chunk), size - sent)
-            self.wfile.write(chunk[:n])
-            sent += n
-            ahead = start + seconds * sent / size - time.monotonic()
+            ahead = start + seconds * (sent + n) / size - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
+            self.wfile.write(chunk[:n])
+            sent += n
 
     def _event(self, name: str, data: dict) -> None:
         self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
