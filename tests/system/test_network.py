@@ -427,7 +427,9 @@ FENCED = f"""GW=$(awk '/^nameserver/{{print $2; exit}}' /etc/resolv.conf)
 touch /workspace/ready
 until [ -e /workspace/go ]; do sleep 0.1; done
 curl -sS -m 5 -o /dev/null -w 'hole=%{{http_code}}' http://$GW:{HOLE_PORT}/ >/workspace/hole 2>&1
-echo " rc=$?" >> /workspace/hole; cat /workspace/hole
+echo " rc=$?" >> /workspace/hole
+until [ -e /workspace/resume ]; do sleep 0.1; done  # the model is back
+cat /workspace/hole
 """
 
 
@@ -473,6 +475,7 @@ def test_stopping_airut_leaves_the_fence_around_running_tasks(lab):
     finally:
         lab.guest("systemctl", "start", *active)
         lab.guest("systemctl", "stop", "lab-hole", check=False)
+        lab.guest("podman", "exec", f"airut-{task}", "touch", "/workspace/resume", check=False)
     reply = lab.wait_reply(task)
     assert reply["outcome"] == "success" and "rc=28" in reply["text"], reply
 
