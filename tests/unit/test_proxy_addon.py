@@ -317,3 +317,10 @@ def test_addresses_kinds():
     assert kind(ip(PUBLIC)) is None and kind(ip("2606:4700::1111")) is None
     assert kind(ip("2002:7f00:1::")) == "loopback"  # 6to4 of 127.0.0.1
     assert kind(ip("198.18.0.1")) == "private"  # benchmarking range
+
+
+def test_private_name_servers_are_named_for_the_operator():
+    from airut_proxy.daemon import private_resolvers
+    conf = ("# generated\nnameserver 127.0.0.53\nnameserver 192.168.1.1\n"
+            "nameserver 9.9.9.9\nnameserver fe80::1%eth0\nsearch corp.test\n")
+    assert private_resolvers(conf) == ["192.168.1.1", "fe80::1%eth0"]
