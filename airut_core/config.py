@@ -16,6 +16,7 @@ from typing import Annotated
 import yaml
 
 from airut_core import paths, schema
+from airut_core.sandbox import CIDR, NETWORK_LOG_MAX_BYTES
 from airut_core.schema import EnvRef, Match, OneOf, Range, Size
 
 CLAUDE_CODE_VERSION = "2.1.332"
@@ -134,6 +135,10 @@ class ProxyConfig:
 
     ca_cert: str = "/var/lib/airut-proxy/mitmproxy-ca-cert.pem"  # what agents trust
     policies: str = "/run/airut/policies"
+    # Private, loopback or link-local networks the proxy may reach although they are
+    # private (an in-house server); an IP-literal host must be in one of them too.
+    allowed_private_networks: list[Annotated[str, CIDR]] = field(default_factory=list)
+    network_log_max_bytes: Annotated[int, Size, Range(min=4096)] = NETWORK_LOG_MAX_BYTES
 
 
 @dataclass

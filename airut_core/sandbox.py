@@ -28,6 +28,21 @@ SUBNET_POOL = ipaddress.ip_network("10.199.0.0/16")
 PROXY_PORT = 29080  # 80 and 443 from task networks are redirected here
 DNS_PORT = 29053  # 53 (udp, tcp) from task networks is redirected here
 PROXY_GROUP = "airut-proxy"
+NETWORK_LOG_MAX_BYTES = 10 << 20  # per conversation; doc/network-sandbox.md says why
+
+
+@dataclass(frozen=True)
+class Cidr:
+    """A network like 192.0.2.0/24 (or one address), kept in its canonical form."""
+
+    def check(self, value: str, path: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise SchemaError(path, f"not a network like 192.0.2.0/24: {value!r}") from None
+
+
+CIDR = Cidr()
 
 
 class AllowlistError(ValueError):
@@ -87,6 +102,10 @@ class PolicyRecord(Record):
     network_log: str
     allowlist: Allowlist = field(default_factory=Allowlist)
     masks: list[Mask] = field(default_factory=list)
+    # From the operator's proxy settings: private networks the proxy may still reach
+    # (and IP-literal hosts in them), and the cap on the conversation's network.log.
+    allowed_private_networks: list[Annotated[str, CIDR]] = field(default_factory=list)
+    network_log_max_bytes: Annotated[int, schema.Range(min=4096)] = NETWORK_LOG_MAX_BYTES
 
     @property
     def gateway(self) -> str:

@@ -8,7 +8,10 @@ request is appended to a JSON-lines log so tests can see what the agent sent.
   ... --listen-tls 127.0.0.1:443 --cert server.pem --key server.key   (also HTTPS)
 
 Routes other than the Messages API echo the request back, so in the test lab the
-same server also plays any web server an agent may try to reach.
+same server also plays any web server an agent may try to reach. Two routes stream,
+for testing what sits in between: GET /stream/events?count=N&interval=S sends N
+server-sent events S seconds apart, GET /stream/bytes?size=N&seconds=S sends N
+bytes over at least S seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import sdnotify
 
@@ -45,7 +49,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.record(self, None)
-        if self.path.startswith("/api/"):
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/stream/events":
+            self._events(int(query.get("count", "5")), float(query.get("interval", "0.5")))
+        elif url.path == "/stream/bytes":
+            self._bytes(int(query.get("size", "0")), float(query.get("seconds", "0")))
+        elif self.path.startswith("/api/"):
             # Claude Code's own side calls (settings, policy limits): "nothing here"
             # ends them at once, where an unexpected 200 makes the CLI retry.
             self._json(404, _error("not_found_error", f"no route {self.path}"))
@@ -73,8 +83,8 @@ class Handler(BaseHTTPRequestHandler):
     def _echo(self, body: Any) -> dict:
         """Any other route answers with what it received: a stand-in for any web server."""
         return {"echo": True, "method": self.command, "path": self.path,
-                "host": self.headers.get("Host"), "headers": dict(self.headers.items()),
-                "body": body}
+                "host": self.headers.get("Host"), "hosts": self.headers.get_all("Host", []),
+                "headers": dict(self.headers.items()), "body": body}
 
     def _messages(self, body: dict, size: int) -> None:
         position = scenarios.Position(body.get("messages") or [])
@@ -136,6 +146,34 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"output_tokens": message["usage"]["output_tokens"]}})
         self._event("message_stop", {"type": "message_stop"})
 
+    def _events(self, count: int, interval: float) -> None:
+        """Server-sent events spaced in time: what a proxy must pass on as they come."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for i in range(count):
+            if i:
+                time.sleep(interval)
+            self._event("tick", {"n": i, "sent": time.time()})
+
+    def _bytes(self, size: int, seconds: float) -> None:
+        """A download of `size` bytes, written as it goes, spread over at least
+        `seconds` (a download that is still running while other things happen)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk, sent, start = bytes(1 << 16), 0, time.monotonic()
+        while sent < size:
+            n = min(len(chunk), size - sent)
+            ahead = start + seconds * (sent + n) / size - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            self.wfile.write(chunk[:n])
+            sent += n
+
     def _event(self, name: str, data: dict) -> None:
         self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
         self.wfile.flush()
@@ -176,7 +214,8 @@ class DemoModelServer(ThreadingHTTPServer):
         if not self.log_path:
             return
         entry = {"time": time.time(), "method": handler.command, "path": handler.path,
-                 "headers": dict(handler.headers.items()), "body": body}
+                 "headers": dict(handler.headers.items()),
+                 "hosts": handler.headers.get_all("Host", []), "body": body}
         with self._lock, self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 

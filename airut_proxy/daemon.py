@@ -4,8 +4,9 @@ One process serves every task: mitmproxy with the Sandbox addon on PROXY_PORT an
 the DNS responder on DNS_PORT, both on all addresses; the firewall (airut.nft)
 redirects ports 80, 443 and 53 from task networks here and drops everything else
 they send to this host. Policies come from the runner through /run/airut/policies.
-The proxy reads no configuration file: it holds no secret but those in the policies
-of running tasks, and runs as its own user.
+The proxy reads no configuration file: the operator's proxy settings travel in every
+policy, it holds no secret but those in the policies of running tasks, and it runs as
+its own user.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from airut_core import log
 from airut_core.sandbox import DEFAULT_POLICIES, DNS_PORT, PROXY_PORT
-from airut_proxy import dns
+from airut_proxy import addresses, dns
 from airut_proxy.addon import NetworkLog, Sandbox
 from airut_proxy.policies import PolicyStore
 
@@ -63,7 +64,31 @@ def build_options(confdir: Path, upstream_ca: str | None, port: int) -> options.
     return opts
 
 
+# The unit's IPAddressAllow= lets the proxy reach this local stub resolver only.
+STUB_RESOLVER = "127.0.0.53"
+
+
+def private_resolvers(resolv_conf: str) -> list[str]:
+    """Name servers the unit's IPAddressDeny= would cut off (on cgroup v2)."""
+    found = []
+    for line in resolv_conf.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] != STUB_RESOLVER:
+            ip = addresses.literal(parts[1])
+            if ip is not None and addresses.kind(ip):
+                found.append(parts[1])
+    return found
+
+
 async def run(args: argparse.Namespace) -> None:
+    try:
+        for server in private_resolvers(Path("/etc/resolv.conf").read_text()):
+            logger.warning("the name server %s has a private address: on cgroup v2 this "
+                           "unit's IPAddressDeny= keeps the proxy from it (every request "
+                           "would fail to resolve) unless a drop-in adds IPAddressAllow=%s",
+                           server, server)
+    except OSError:
+        pass
     store = PolicyStore(args.policies)
     store.watch()
     network_log = NetworkLog()

@@ -2,15 +2,18 @@
 
 Matching (airut's rules): `*` and `?` globs, nothing else special; hosts compare
 case-insensitively and `*.x.com` does not match `x.com`; paths are percent-decoded
-before matching, and a path with a null byte, a backslash or a `..` segment is
-refused outright; methods compare case-insensitively; an empty path or method list
-means any. `domains` entries allow any path and method.
+before matching, and a target that servers could read in more than one way (a
+fragment, a `.` or `..` segment, an empty segment, a backslash, a null byte,
+characters outside RFC 3986) is refused outright, since it is forwarded as it
+came; methods compare case-insensitively; an empty path or method list means any.
+`domains` entries allow any path and method.
 
 Credentials: only on a host in a mask's scopes, only in headers matching its header
 globs (inside `Basic` auth too), the surrogate is replaced by the real value. On
 such a host, a credential header that carries none of the scoped surrogates is
-removed (unless the mask allows foreign credentials). Bodies and query strings are
-never touched.
+removed (unless the mask allows foreign credentials). Real values go out only over
+TLS: over plain HTTP a scoped credential header is removed instead. Bodies and query
+strings are never touched.
 """
 
 from __future__ import annotations
@@ -44,11 +47,31 @@ class BadPath(ValueError):
     pass
 
 
+# RFC 3986: the characters of a path (pchar and "/"), and of a query.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+_QUERY_CHARS = re.compile(r"[\x21-\x22\x24-\x7e]*")  # printable ASCII but '#'
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def decoded_path(raw: str) -> str:
-    """The path part of a request target, percent-decoded, or BadPath."""
-    path = raw.split("?", 1)[0].split("#", 1)[0]
+    """The path part of a request target, percent-decoded, or BadPath.
+
+    The target is forwarded exactly as it came, so anything that servers could read
+    in more than one way is refused rather than judged in one of them: a fragment,
+    characters outside RFC 3986, broken percent-encoding, '.' and '..' segments
+    (also encoded or with ';' parameters), empty segments, backslashes, NUL.
+    """
+    if "#" in raw:
+        raise BadPath("'#' in target (a fragment is never sent to a server)")
+    if not raw.startswith("/"):
+        raise BadPath("the target is not a path")
+    path, _, query = raw.partition("?")
     if "\\" in path:
         raise BadPath("backslash in path")
+    if not _PATH_CHARS.fullmatch(path) or not _QUERY_CHARS.fullmatch(query):
+        raise BadPath("characters outside RFC 3986 in target (percent-encode them)")
+    if _BAD_PERCENT.search(raw):
+        raise BadPath("broken percent-encoding in target")
     try:
         decoded = unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -57,9 +80,13 @@ def decoded_path(raw: str) -> str:
         raise BadPath("null byte in path")
     if "\\" in decoded:
         raise BadPath("backslash in path")
-    if ".." in decoded.split("/"):
-        raise BadPath("'..' segment in path")
-    return decoded or "/"
+    segments = decoded.split("/")[1:]
+    for segment in segments:
+        if segment.split(";", 1)[0] in (".", ".."):
+            raise BadPath(f"'{segment.split(';', 1)[0]}' segment in path")
+    if "" in segments[:-1]:
+        raise BadPath("empty segment ('//') in path")
+    return decoded
 
 
 @dataclass
@@ -96,11 +123,16 @@ def decide(allowlist: Allowlist, method: str, host: str, raw_path: str) -> Decis
 class HeaderChange:
     name: str
     action: str  # "swapped" or "stripped"
+    note: str = ""  # why, when it is not the usual
 
 
-def apply_masks(masks: list[Mask], host: str,
-                headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[HeaderChange]]:
-    """Swap surrogates for real values in the headers of a request to `host`."""
+PLAIN_HTTP = "plain HTTP: real credentials go out only over TLS"
+
+
+def apply_masks(masks: list[Mask], host: str, headers: list[tuple[str, str]],
+                tls: bool = True) -> tuple[list[tuple[str, str]], list[HeaderChange]]:
+    """Swap surrogates for real values in the headers of a request to `host`.
+    Without TLS a surrogate is never swapped: its header is removed."""
     scoped = [m for m in masks if any(host_match(s, host) for s in m.scopes)]
     if not scoped:
         return headers, []
@@ -112,9 +144,11 @@ def apply_masks(masks: list[Mask], host: str,
             out.append((name, value))
             continue
         new = _swap(value, relevant)
-        if new is not None:
+        if new is not None and tls:
             out.append((name, new))
             changes.append(HeaderChange(name, "swapped"))
+        elif new is not None:
+            changes.append(HeaderChange(name, "stripped", PLAIN_HTTP))
         elif all(m.allow_foreign for m in relevant):
             out.append((name, value))
         else:

@@ -327,7 +327,7 @@ class Runner:
         except ConfigError as e:
             logger.error("configuration not reloaded, keeping the old one: %s", e)
         else:
-            self.ctx.cfg = cfg
+            self.ctx.cfg, self.ctx.sandbox.proxy = cfg, cfg.proxy
             self.ctx.tasks.delay = cfg.execution.retry_delay
             logger.info("configuration reloaded from %s", cfg.source)
         try:

@@ -9,6 +9,7 @@ ends. A sandboxed task starts only when the proxy runs and the firewall is loade
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import subprocess
@@ -34,6 +35,9 @@ from airut_runner import surrogates
 from airut_runner.mirror import Mirror
 
 PROXY_UNIT = "airut-proxy.service"
+# The hooks of airut.nft: the redirect to the proxy, the drop of everything else a
+# task sends to this host, and the drop of everything it would send elsewhere.
+FIREWALL_HOOKS = ("prerouting", "input", "forward")
 NO_ALLOWLIST = (
     f"the repository has no {ALLOWLIST_FILE} on its default branch, so the agent could "
     "reach nothing, not even the model API. Add one (doc/network-sandbox.md has an "
@@ -88,17 +92,23 @@ class NetworkSandbox:
             raise RuntimeError(f"the network proxy ({PROXY_UNIT}) is not running, so the "
                                "task cannot start safely; the operator should check "
                                f"`systemctl status {PROXY_UNIT}`")
-        firewall = subprocess.run(["nft", "list", "table", "inet", "airut"],
-                                  capture_output=True, timeout=10)
-        if firewall.returncode != 0:
-            raise RuntimeError("the airut firewall is not loaded (airut-firewall.service), "
-                               "so the task cannot start safely")
+        firewall = subprocess.run(["nft", "-j", "list", "table", "inet", "airut"],
+                                  capture_output=True, text=True, timeout=10)
+        problem = (firewall_problem(firewall.stdout) if firewall.returncode == 0
+                   else "its table inet airut is not loaded")
+        if problem:
+            raise RuntimeError(f"the airut firewall is not in place ({problem}; "
+                               "`systemctl restart airut-firewall.service` loads it), so "
+                               "the task cannot start safely")
         if not Path(self.proxy.ca_cert).is_file():
             raise RuntimeError(f"the proxy's CA certificate is missing at "
                                f"{self.proxy.ca_cert} (proxy.ca_cert)")
 
     def write_policy(self, policy: PolicyRecord) -> None:
-        """The policy, readable by the proxy's group only; its network.log, the proxy's."""
+        """The policy, readable by the proxy's group only; its network.log, the proxy's.
+        The operator's proxy settings travel in every policy."""
+        policy.allowed_private_networks = list(self.proxy.allowed_private_networks)
+        policy.network_log_max_bytes = self.proxy.network_log_max_bytes
         gid = grp.getgrnam(PROXY_GROUP).gr_gid
         log_file = Path(policy.network_log)
         log_file.touch(mode=0o640)
@@ -109,3 +119,21 @@ class NetworkSandbox:
 
     def remove_policy(self, task: str) -> None:
         self.policies.remove(task)
+
+
+def firewall_problem(listing: str) -> str | None:
+    """What is missing from `nft -j list table inet airut`, or None."""
+    try:
+        items = json.loads(listing)["nftables"]
+    except (ValueError, KeyError, TypeError):
+        return "its table cannot be read"
+    chains = {i["chain"]["name"]: i["chain"].get("hook") for i in items
+              if isinstance(i, dict) and "chain" in i}
+    rules = [i["rule"]["chain"] for i in items if isinstance(i, dict) and "rule" in i]
+    for hook in FIREWALL_HOOKS:
+        names = [name for name, h in chains.items() if h == hook]
+        if not names:
+            return f"its {hook} chain is missing"
+        if not any(rules.count(name) for name in names):
+            return f"its {hook} chain is empty"
+    return None

@@ -20,7 +20,7 @@ import time
 
 from airut_core.sandbox import Allowlist, Mask, PolicyRecord, UrlPrefix, subnet
 from bench.common import booted, ms
-from tests.system.lab import Lab, base_config
+from tests.system.lab import LAB_UPSTREAMS, Lab, base_config
 
 CLIENT = r"""
 import http.client, json, ssl, sys, time
@@ -58,7 +58,7 @@ def bench_policy(name: str, n: int) -> PolicyRecord:
     entries = [UrlPrefix(host=f"api{i}.example.com", path="/v1/*", methods=["GET", "POST"])
                for i in range(10)]
     return PolicyRecord(task_id=name, conversation_id="0a1b2c3d", repo="bench", subnet=subnet(n),
-                        network_log="/dev/null",
+                        network_log="/dev/null", allowed_private_networks=[LAB_UPSTREAMS],
                         allowlist=Allowlist(domains=["allowed.test"], url_prefixes=entries),
                         masks=[Mask(env="K", surrogate="sk-ant-SURROGATE00", value="sk-ant-REAL000",
                                     scopes=["api.example.com"], headers=["x-api-key"])])

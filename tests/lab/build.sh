@@ -49,8 +49,9 @@ if [ ! -f "$AIRUT_LAB/guest/.complete" ] || [ "$(cat "$AIRUT_LAB/guest/.complete
   echo "$GUEST_PKGS" > "$AIRUT_LAB/guest/.complete"
 fi
 
-# The agent's base image: git for the agent, curl and python3 for the sandbox tests.
-BASE_PKGS=git,ca-certificates,procps,curl,python3
+# The agent's base image: git for the agent, curl, python3 and python3-h2 (an HTTP/2
+# client) for the sandbox tests.
+BASE_PKGS=git,ca-certificates,procps,curl,python3,python3-h2
 if [ ! -f "$AIRUT_LAB/base.tar" ] || [ "$(cat "$AIRUT_LAB/base.pkgs" 2>/dev/null)" != "$BASE_PKGS" ]; then
   step "container base image tarball (mmdebstrap)"
   retry 3 mmdebstrap --format=tar --variant=minbase --include=$BASE_PKGS bookworm "$AIRUT_LAB/base.tar.part"

@@ -167,10 +167,14 @@ class Lab:
 
 
 # The lab repositories' .airut/network-allowlist.yaml: the model API, one open
-# domain, and a path- and method-limited one (all served by the demo model).
+# domain, and a path- and method-limited one (all served by the demo model); and
+# names and an address the proxy must refuse to reach although they are listed.
 ALLOWLIST = """\
 domains:
   - allowed.test
+  - internal.test
+  - localhost
+  - 169.254.169.254
 url_prefixes:
   - host: api.anthropic.com
     path: /v1/messages*
@@ -203,6 +207,7 @@ git add -A
 git -c user.name=Test -c user.email=test@example.com commit -qm 'Start'
 git clone -q --bare /tmp/seed /srv/git/demo.git
 """
+LAB_UPSTREAMS = "127.0.0.1/32"
 REAL_API_KEY = "sk-ant-api03-REAL-lab-key-0123456789abcdefghij"
 REAL_GH_TOKEN = "ghp_REALlabGitHubToken0123456789abcdefgh"
 
@@ -215,6 +220,8 @@ def base_config(**repos: dict) -> dict:
         "GH_TOKEN": {"value": REAL_GH_TOKEN, "scopes": ["allowed.test"],
                      "headers": ["Authorization"]}}}
     return {
+        # The lab's upstreams (the demo model) live on the guest's loopback address.
+        "proxy": {"allowed_private_networks": [LAB_UPSTREAMS]},
         # One API retry: the failure scenarios answer in a second, not in minutes.
         "agent": {"env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
         "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5,

@@ -138,3 +138,18 @@ def test_stalled_stream_stops_after_message_start_then_finishes(model):
     rest = response.read().decode()
     assert time.monotonic() - started >= 0.5  # the rest only after the stall
     assert '"text": "late"' in rest and "message_stop" in rest
+
+
+def test_streaming_routes_send_as_they_go(model):
+    server, _ = model
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    start = time.monotonic()
+    conn.request("GET", "/stream/events?count=3&interval=0.3")
+    response = conn.getresponse()
+    arrivals = [time.monotonic() - start for line in response if line.startswith(b"data:")]
+    assert len(arrivals) == 3 and arrivals[0] < 0.2 and arrivals[2] - arrivals[0] >= 0.55
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    start = time.monotonic()
+    conn.request("GET", "/stream/bytes?size=300000&seconds=0.3")
+    body = conn.getresponse().read()
+    assert body == bytes(300000) and time.monotonic() - start >= 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
@@ -179,3 +180,34 @@ def test_reason_is_host_when_no_entry_names_the_host():
     narrow = parse_allowlist("domains: [a.test]\nurl_prefixes: [{host: b.test, path: /x}]", "f")
     assert rules.decide(narrow, "GET", "sub.a.test", "/").reason == "host"
     assert rules.decide(narrow, "GET", "b.test", "/y").reason == "path"
+
+
+def test_proxy_settings_name_networks():
+    from airut_core.config import ConfigError, parse
+    cfg = parse("proxy: {allowed_private_networks: [127.0.0.1, 10.1.0.0/16], "
+                "network_log_max_bytes: 1M}", "f")
+    assert cfg.proxy.allowed_private_networks == ["127.0.0.1/32", "10.1.0.0/16"]
+    assert cfg.proxy.network_log_max_bytes == 1 << 20
+    with pytest.raises(ConfigError, match=r"allowed_private_networks\[0\]: not a network"):
+        parse("proxy: {allowed_private_networks: [intranet]}", "f")
+
+
+def _nft(*chains: tuple[str, str, int]) -> str:
+    items = [{"metainfo": {"version": "1.0.6"}},
+             {"table": {"family": "inet", "name": "airut", "handle": 1}}]
+    for name, hook, rules_in_chain in chains:
+        items.append({"chain": {"family": "inet", "table": "airut", "name": name,
+                                "type": "filter", "hook": hook, "prio": -10}})
+        items += [{"rule": {"family": "inet", "table": "airut", "chain": name}}] * rules_in_chain
+    return json.dumps({"nftables": items})
+
+
+def test_the_firewall_check_wants_every_chain_with_rules():
+    from airut_runner.sandbox import firewall_problem
+    full = [("prerouting", "prerouting", 3), ("input", "input", 7), ("forward", "forward", 2)]
+    assert firewall_problem(_nft(*full)) is None
+    assert firewall_problem(_nft(*full[:2])) == "its forward chain is missing"
+    assert firewall_problem(_nft(full[0], ("input", "input", 0), full[2])) == (
+        "its input chain is empty")
+    assert firewall_problem(_nft()) == "its prerouting chain is missing"  # an empty table
+    assert firewall_problem("nft: garbage") == "its table cannot be read"
