@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export AIRUT_LAB ?= /var/lib/airut-lab
 PY := $(AIRUT_LAB)/venv/bin/python
 
-.PHONY: test demo lab lab-down lint unit system bench
+.PHONY: test test-v2 demo lab lab-vm lab-down lint unit system bench
 
 test: lab lint
 	$(PY) -m pytest tests
@@ -13,6 +13,10 @@ demo:
 
 lab:
 	bash tests/lab/build.sh
+
+# The cgroup v2 lane's VM (qemu, Debian 12): built once, cached in $(AIRUT_LAB)/vm.
+lab-vm: lab
+	bash tests/lab/vm/build.sh
 
 lab-down:
 	bash tests/lab/down.sh
@@ -25,6 +29,9 @@ unit: lab
 
 system: lab
 	$(PY) -m pytest tests/system
+
+test-v2: lab-vm
+	$(PY) -m pytest tests/vm
 
 bench: lab
 	$(PY) -m bench.dispatch
