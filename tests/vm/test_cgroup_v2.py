@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from tests.vm.vm import IMAGE_MARK
+
 TASK_TIMEOUT = 600  # seconds for one task in the emulated machine
 
 
@@ -39,12 +41,13 @@ def wait_for(what: str, check, timeout: float = 300, pause: float = 1.0):
     raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
-def payload_pids(vm, cgroup: str, pattern: str) -> list[str]:
-    """Processes whose command line matches, in the container's own cgroup below the unit."""
+def payload_pids(vm, cgroup: str, command: str) -> list[str]:
+    """Processes of a command (its name, /proc/PID/comm) in the container's own cgroup
+    below the unit's."""
     script = (f'for d in "{cgroup}"/libpod-payload-*; do cat "$d/cgroup.procs"; done 2>/dev/null'
-              f' | while read p; do grep -qa -- "$1" /proc/$p/cmdline 2>/dev/null && echo $p;'
+              ' | while read p; do [ "$(cat /proc/$p/comm 2>/dev/null)" = "$1" ] && echo $p;'
               " done")
-    return vm.guest("sh", "-c", script, "sh", pattern, check=False).stdout.split()
+    return vm.guest("sh", "-c", script, "sh", command, check=False).stdout.split()
 
 
 def cpu_stat(vm, cgroup: str) -> dict[str, float]:
@@ -92,8 +95,11 @@ def test_memory_limit_ends_in_an_oom_kill_and_the_reply_says_so(vm):
 
 
 def test_task_end_to_end_in_its_unit_cgroup(vm):
+    # The repository's Dockerfile: the first task of the session built its image in a
+    # build unit, whose exit helper (ExecStopPost) had to run for any task to start.
     marker = vm.scenario("write-file", [
-        bash("sleep 10; echo made-by-agent > created.txt"), say("I created created.txt.")])
+        bash("sleep 10; echo made-by-agent > created.txt; cat /etc/image-mark"),
+        say("I created created.txt in an image {tool_result}")])
     task = vm.submit_no_wait(f"{marker} leave a file", repo="demo")
     unit = vm.wait_for_unit(task, timeout=120)
     cgroup = vm.cgroup(unit)
@@ -104,19 +110,21 @@ def test_task_end_to_end_in_its_unit_cgroup(vm):
     # The agent runs in the container's cgroup inside the unit (--cgroups=split), not
     # in a scope of its own under machine.slice, where no unit limit would reach it.
     agent = wait_for("the agent in the unit's cgroup",
-                     lambda: payload_pids(vm, cgroup, "/opt/claude/claude"), timeout=240)
+                     lambda: payload_pids(vm, cgroup, "claude"), timeout=240)
     assert f"0::{cgroup.removeprefix('/sys/fs/cgroup')}/libpod-payload-" in vm.read(
         f"/proc/{agent[0]}/cgroup")
 
     reply = vm.wait_reply(task, timeout=TASK_TIMEOUT)
     assert reply["outcome"] == "success", reply
     assert reply["unit"] == unit
-    assert reply["text"].startswith("I created created.txt.")
+    assert reply["text"].startswith(f"I created created.txt in an image {IMAGE_MARK}")
     assert "Cost: $" in reply["text"]
     created = f"/var/lib/airut/conversations/{reply['conversation_id']}/workspace/created.txt"
     assert vm.read(created) == "made-by-agent\n"
     assert vm.guest("stat", "-c", "%u", created).stdout.strip() == "1000000000"
-    assert "task finished: success (success)" in vm.journal(f"AIRUT_TASK={task}")
+    journal = vm.journal(f"AIRUT_TASK={task}")
+    assert "(image localhost/airut-repo:" in journal
+    assert "task finished: success (success)" in journal
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +136,7 @@ def busy_task(vm):
     unit = vm.wait_for_unit(task, timeout=120)
     cgroup = vm.cgroup(unit)
     wait_for("both busy loops in the container",
-             lambda: len(payload_pids(vm, cgroup, "while :")) >= 2, timeout=TASK_TIMEOUT)
+             lambda: len(payload_pids(vm, cgroup, "sh")) >= 2, timeout=TASK_TIMEOUT)
     return task, unit, cgroup
 
 

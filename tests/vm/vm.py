@@ -56,8 +56,11 @@ class Vm(Lab):
             old.unlink()
         seed_repository(self.root / "srv/git/demo.git")
         started = time.monotonic()
-        subprocess.run(["bash", str(VM_DIR / "up.sh"), str(self.run)], check=True,
-                       capture_output=True, text=True)
+        made = subprocess.run(["bash", str(VM_DIR / "up.sh"), str(self.run)],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"tests/lab/vm/up.sh exited {made.returncode}: "
+                               f"{made.stderr[-2000:]}")
         self.timings["disk image"] = time.monotonic() - started
         started = time.monotonic()
         try:
@@ -118,8 +121,12 @@ class Vm(Lab):
         return f"/sys/fs/cgroup{group}"
 
 
+IMAGE_MARK = "built-from-the-repository"
+
+
 def seed_repository(bare: Path) -> None:
-    """The lab repository (README and the network allowlist), made on the host."""
+    """The lab repository, made on the host: a README, the network allowlist, and a
+    Dockerfile, so tasks run in an image the runner builds in a unit of its own."""
     shutil.rmtree(bare, ignore_errors=True)
     bare.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
@@ -128,6 +135,9 @@ def seed_repository(bare: Path) -> None:
         Path(work, "README.md").write_text("# Test project\n")
         Path(work, ".airut").mkdir()
         Path(work, ".airut/network-allowlist.yaml").write_text(ALLOWLIST)
+        Path(work, ".airut/container").mkdir()
+        Path(work, ".airut/container/Dockerfile").write_text(
+            f"FROM localhost/airut-base:latest\nRUN echo {IMAGE_MARK} > /etc/image-mark\n")
         subprocess.run([*git, "add", "-A"], check=True)
         subprocess.run([*git, "commit", "-qm", "Start"], check=True)
         subprocess.run(["git", "clone", "-q", "--bare", work, str(bare)], check=True)
