@@ -3,16 +3,23 @@ SHELL := /bin/bash
 export AIRUT_LAB ?= /var/lib/airut-lab
 PY := $(AIRUT_LAB)/venv/bin/python
 
-.PHONY: test demo lab lab-down lint unit system bench
+.PHONY: test test-v2 demo lab lab-vm lab-down lint unit system bench
 
-test: lab lint
-	$(PY) -m pytest tests
+# Unit and nspawn system tests, then the cgroup v2 lane in its VM (the nspawn guest is
+# down by then: the two labs never compete for the processor).
+test: lab lab-vm lint
+	$(PY) -m pytest tests --ignore=tests/vm
+	$(PY) -m pytest tests/vm
 
 demo:
 	bash tests/lab/demo.sh
 
 lab:
 	bash tests/lab/build.sh
+
+# The cgroup v2 lane's VM (qemu, Debian 12): built once, cached in $(AIRUT_LAB)/vm.
+lab-vm: lab
+	bash tests/lab/vm/build.sh
 
 lab-down:
 	bash tests/lab/down.sh
@@ -25,6 +32,9 @@ unit: lab
 
 system: lab
 	$(PY) -m pytest tests/system
+
+test-v2: lab-vm
+	$(PY) -m pytest tests/vm
 
 bench: lab
 	$(PY) -m bench.dispatch

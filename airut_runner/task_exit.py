@@ -1,8 +1,9 @@
 """ExecStopPost of a task unit: write how the unit ended into the spool's finished/.
 
-Runs inside the task unit's cgroup after the main process is gone, so the
-cgroup's memory counters still tell whether the kernel killed something for
-exceeding MemoryMax. systemd passes SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
+Runs inside the task unit's cgroup (on cgroup v2 in its `.control` sub-cgroup)
+after the main process is gone, so the unit's memory counters still tell whether
+the kernel killed something for exceeding MemoryMax. systemd passes
+SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
 
 Usage: python -m airut_runner.task_exit [--stage builds] SPOOL_DIR NAME
 (image build units use the same helper, writing into builds/ instead)
@@ -20,16 +21,28 @@ from airut_core.spool import utc_now
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def memory_cgroup() -> Path | None:
-    """This process's memory cgroup directory (cgroup v1 or v2)."""
+def memory_cgroup(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -> Path | None:
+    """The task unit's memory cgroup directory (cgroup v1 or v2), from /proc/self/cgroup.
+
+    The unit is delegated (units.py), so on v2 systemd runs this helper in the unit's
+    `.control` sub-cgroup: the unit's own counters are one level up. On v2 they count
+    the whole subtree (the container's payload cgroup included); never read further up,
+    where the slice's counters add up every task's kills.
+    """
+    if proc_cgroup is None:
+        proc_cgroup = Path("/proc/self/cgroup").read_text()
     v2 = None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in proc_cgroup.splitlines():
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):
-            return CGROUP_ROOT / "memory" / path.lstrip("/")
+            return _unit_level(root / "memory" / path.lstrip("/"))
         if controllers == "":
-            v2 = CGROUP_ROOT / path.lstrip("/")
+            v2 = _unit_level(root / path.lstrip("/"))
     return v2 if v2 and (v2 / "memory.events").exists() else None
+
+
+def _unit_level(cgroup: Path) -> Path:
+    return cgroup.parent if cgroup.name == ".control" else cgroup
 
 
 def oom_kills(cgroup: Path | None) -> int:

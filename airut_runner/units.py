@@ -61,8 +61,21 @@ class TaskUnit:
             b"SyslogIdentifier": b"airut-task",
             b"LogExtraFields": [f"{k}={v}".encode() for k, v in fields.items()],
             b"MemoryMax": self.limits.memory,
-            # Any process of the task killed for memory stops the whole task (cgroup v2;
-            # v1 cannot see such kills).
+            # cgroup v2: MemoryMax caps RAM only; on a host with swap, a task past its
+            # limit would swap (as far as the host's swap goes) instead of ending as
+            # out_of_memory. v1 has no such knob here and ignores it.
+            b"MemorySwapMax": 0,
+            # podman --cgroups=split puts the container in sub-cgroups of this unit and,
+            # on cgroup v2, enables controllers for them; from then on the unit's own
+            # cgroup may hold no process (v2's no-internal-process rule), and without
+            # delegation systemd fails to start ExecStopPost there ("Failed to attach
+            # to cgroup ... Device or resource busy", status 219/CGROUP): no task would
+            # write its result. Delegated, the subtree is podman's and systemd runs
+            # control processes in a .control sub-cgroup (task_exit.py looks up).
+            b"Delegate": True,
+            # Any process of the task killed for memory stops the whole task and the
+            # unit ends with result oom-kill (v2; v1 cannot see such kills). It must be
+            # explicit: with Delegate=yes systemd's default is `continue`.
             b"OOMPolicy": b"stop",
             b"CPUQuotaPerSecUSec": int(self.limits.cpus * 1_000_000),
             b"TasksMax": self.limits.pids_limit,

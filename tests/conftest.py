@@ -1,4 +1,5 @@
-"""Markers follow the directory: tests/unit are `unit`, tests/system are `system`."""
+"""Markers follow the directory: tests/unit are `unit`, tests/system are `system`,
+tests/vm (the cgroup v2 lane) are `vm`."""
 
 from pathlib import Path
 
@@ -10,5 +11,5 @@ HERE = Path(__file__).parent
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         kind = Path(item.fspath).relative_to(HERE).parts[0]
-        if kind in ("unit", "system"):
+        if kind in ("unit", "system", "vm"):
             item.add_marker(getattr(pytest.mark, kind))

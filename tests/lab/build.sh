@@ -12,16 +12,6 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lab.env"
 mkdir -p "$AIRUT_LAB"
 
-retry() {  # retry N CMD...: registries hiccup; a download gets a few chances
-  local n=$1 i; shift
-  for i in $(seq 1 "$n"); do
-    "$@" && return 0
-    echo "attempt $i of $n failed: $*" >&2; sleep $((i * 5))
-  done
-  return 1
-}
-step() { printf '\n== %s\n' "$*" >&2; }
-
 APT="apt-get -o DPkg::Lock::Timeout=600 -q"
 HOST_PKGS="systemd-container mmdebstrap podman runc netavark aardvark-dns iptables uidmap
   catatonit libsystemd-dev pkg-config gcc python3-dev python3-venv git ca-certificates

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from airut_core.config import ResourceLimits
-from airut_runner import container, outcome, prompt, stream
+from airut_runner import container, outcome, prompt, stream, task_exit
 from airut_runner.outcome import Exit
 from airut_runner.units import TaskUnit
 from tests.unit.test_records_config import task
@@ -154,6 +154,11 @@ def test_task_unit_properties(tmp_path):
                                           pids_limit=64), stop_grace=7)
     props = unit.properties()
     assert props[b"MemoryMax"] == 256 << 20
+    assert props[b"MemorySwapMax"] == 0  # v2: past the limit is an OOM kill, not swapping
+    # v2: podman's split cgroups need the subtree delegated, or ExecStopPost cannot start;
+    # delegation turns OOMPolicy's default to continue, so it is set.
+    assert props[b"Delegate"] is True
+    assert props[b"OOMPolicy"] == b"stop"
     assert props[b"CPUQuotaPerSecUSec"] == 500_000
     assert props[b"TasksMax"] == 64
     assert props[b"RuntimeMaxUSec"] == 60_000_000
@@ -164,6 +169,34 @@ def test_task_unit_properties(tmp_path):
     # systemd would expand $HOME: a literal dollar is doubled.
     assert props[b"ExecStart"][0][1][-1] == b"$$HOME"
     assert props[b"ExecStopPost"][0][1][-3:] == [b"airut_runner.task_exit", b"/spool", b"t"]
+
+
+UNIT = "airut.slice/airut-tasks.slice/airut-task-c-t.service"
+
+
+@pytest.mark.parametrize(("proc_cgroup", "expected"), [
+    # cgroup v2, delegated unit: systemd runs ExecStopPost in <unit>/.control
+    (f"0::/{UNIT}/.control\n", UNIT),
+    (f"0::/{UNIT}\n", UNIT),
+    # cgroup v1 (and hybrid): the memory hierarchy's line decides
+    (f"12:pids:/{UNIT}\n5:memory:/{UNIT}/.control\n0::/{UNIT}\n", f"memory/{UNIT}"),
+    (f"5:memory:/{UNIT}\n1:name=systemd:/{UNIT}\n", f"memory/{UNIT}"),
+])
+def test_exit_helper_reads_the_units_own_memory_counters(tmp_path, proc_cgroup, expected):
+    (tmp_path / UNIT / ".control").mkdir(parents=True)
+    (tmp_path / UNIT / "memory.events").write_text("oom_kill 2\n")
+    (tmp_path / UNIT / ".control/memory.events").write_text("oom_kill 0\n")
+    # The slice's counters add up every task's kills on v2: never the ones to read.
+    (tmp_path / "airut.slice/airut-tasks.slice/memory.events").write_text("oom_kill 7\n")
+    cgroup = task_exit.memory_cgroup(proc_cgroup, root=tmp_path)
+    assert cgroup == tmp_path / expected
+    if not expected.startswith("memory/"):
+        assert task_exit.oom_kills(cgroup) == 2
+
+
+def test_exit_helper_without_a_memory_controller_reports_no_kills(tmp_path):
+    assert task_exit.memory_cgroup(f"0::/{UNIT}\n", root=tmp_path) is None
+    assert task_exit.oom_kills(None) == 0
 
 
 def test_prompt_carries_sender_and_time():
