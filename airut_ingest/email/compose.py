@@ -28,6 +28,7 @@ import markdown
 import nh3
 from bs4 import BeautifulSoup
 
+from airut_core.guard import Permanent
 from airut_core.records import ReplyRecord
 from airut_ingest.email.parse import MAX_REFERENCES, MAX_SUBJECT_CHARS, SUBJECT_TAG, message_ids
 
@@ -46,8 +47,8 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "abbr": {"title"}, "ol": {"start"}
 URL_SCHEMES = {"http", "https", "mailto"}
 
 
-class Unsendable(ValueError):
-    """A reply record that names no usable recipient."""
+class Unsendable(Permanent):
+    """A reply record that names no usable recipient: retrying cannot help."""
 
 
 @dataclass

@@ -9,10 +9,11 @@ removed from the mailbox. A message that fails three times, or that is beyond wh
 airut reads, is moved to the quarantine folder on the IMAP server, with a record of
 the reasons in failed/email-<repo>/. The mailbox never stops on one message.
 
-An intake marker per message, written before the task record and marked committed
-after it, remembers what became of the message: after a crash anywhere, a
-committed message is only removed (its task may long be merged into another), a
-pending one is committed under the same task id unless the spool already has it.
+An intake marker per message remembers what became of it. The task record is
+staged whole first; the marker, pending, names it; one rename publishes it into
+incoming/; the marker says committed. After a crash anywhere, a committed message
+is only removed from the mailbox (its task may long be merged into another), and
+a pending one is finished from its staged record: never a second task, never none.
 
 Sending (another thread): reply records from outgoing/email-<repo>/ become one mail
 per distinct sender of the tasks the reply answers (merged follow-ups may come from
@@ -56,6 +57,7 @@ from airut_core.spool import (
     Doorbell,
     RecordError,
     Stage,
+    dump,
     fsync_dir,
     new_name,
     utc_now,
@@ -93,6 +95,8 @@ class EmailChannel:
         self.outgoing = self.spool.outgoing(self.channel).ensure()
         self.deferred = Stage(self.spool.root / "deferred" / self.channel).ensure()
         self.failed = self.spool.failed(self.channel).ensure()
+        self.staging = self.deferred.path / "intake"  # task records about to be published
+        self.staging.mkdir(exist_ok=True)
         self.attachments = self.spool.root / "attachments"
         home = conversations.home(cfg.paths.state, repo_id)
         self.seen = home / "seen"
@@ -175,9 +179,15 @@ class EmailChannel:
                 return
             key = message_key(raw)
             marker = self._marker(key)
-            if marker is None or marker.get("state") == PENDING:
+            if marker is None:
                 self.receive_guard.run(
-                    key, lambda: self.intake(raw, key, marker),
+                    key, lambda: self.intake(raw, key),
+                    quarantine=lambda failures: self._set_aside(key, raw, failures, size))
+            elif marker.get("state") == PENDING:  # a crash came in between
+                logger.warning("message %s: finishing the intake of task %s after a crash",
+                               key, marker.get("task_id"))
+                self.receive_guard.run(
+                    key, lambda: self.finish_intake(key, marker),
                     quarantine=lambda failures: self._set_aside(key, raw, failures, size))
         self._release(box, uid, key)
 
@@ -200,7 +210,7 @@ class EmailChannel:
             logger.warning("moved message %s to the folder %r", key, folder)
         # else: it failed and backs off; the next scan tries it again
 
-    def intake(self, raw: bytes, key: str, marker: dict | None = None) -> None:
+    def intake(self, raw: bytes, key: str) -> None:
         """Examine a message and commit its task: the work the guard watches."""
         verdict = intake.examine(raw, self.email, self.conversations.known)
         if not verdict.accepted:
@@ -208,9 +218,6 @@ class EmailChannel:
                            verdict.reason, verdict.detail, verdict.subject)
             self._write_marker(key, {"state": REJECTED, "reason": verdict.reason,
                                      "message_id": verdict.message_id})
-            return
-        if marker is not None:  # a crash came between the marker and the commit
-            self._recover(key, marker, verdict)
             return
         if verdict.dropped_reference:
             logger.warning("mail from %s names conversation %s, which is not one of "
@@ -221,23 +228,26 @@ class EmailChannel:
         if new:  # chosen and reserved here, so the acknowledgment can name it
             verdict.conversation_id = self.conversations.reserve_new()
         task_id = new_name()
-        pending = {"state": PENDING, "task_id": task_id, "message_id": verdict.message_id,
-                   "conversation_id": verdict.conversation_id, "new": new}
-        self._write_marker(key, pending)
-        self._commit(task_id, verdict)
-        if new and self.email.acknowledge:
-            self._queue_ack(task_id, verdict)
-        self._write_marker(key, {**pending, "state": COMMITTED})
+        self._stage(task_id, verdict)
+        marker = {"state": PENDING, "task_id": task_id, "message_id": verdict.message_id,
+                  "conversation_id": verdict.conversation_id, "new": new,
+                  "reply_to": _thread(verdict).dumps()}
+        self._write_marker(key, marker)
+        self.finish_intake(key, marker)
+        log.for_task(logger, task_id, verdict.conversation_id, self.repo_id).info(
+            "task from %s: %r", verdict.sender, verdict.subject)
 
-    def _recover(self, key: str, marker: dict, verdict: intake.Verdict) -> None:
+    def finish_intake(self, key: str, marker: dict) -> None:
+        """From a pending marker on: publish the staged record (unless that happened
+        before a crash), queue the acknowledgment, mark the message committed."""
         task_id = marker["task_id"]
-        if not self._committed(task_id):
-            logger.warning("message %s was not committed before a crash; committing it "
-                           "as task %s", verdict.message_id, task_id)
-            verdict.conversation_id = marker.get("conversation_id")
-            self._commit(task_id, verdict)
-            if marker.get("new") and self.email.acknowledge:
-                self._queue_ack(task_id, verdict)
+        staged = self.staging / f"{task_id}.json"
+        if staged.exists():
+            os.rename(staged, self.spool.incoming.file(task_id))
+            fsync_dir(self.spool.incoming.path)
+        if marker.get("new") and self.email.acknowledge:
+            self._queue_ack(task_id, Thread.loads(marker["reply_to"]),
+                            marker["conversation_id"])
         self._write_marker(key, {**marker, "state": COMMITTED})
 
     def _marker(self, key: str) -> dict | None:
@@ -255,7 +265,9 @@ class EmailChannel:
         data = json.dumps({**marker, "time": utc_now()}).encode()
         write_atomic(self.seen / f"{key}.json", data, mode=0o640)
 
-    def _commit(self, task_id: str, verdict: intake.Verdict) -> None:
+    def _stage(self, task_id: str, verdict: intake.Verdict) -> None:
+        """The task record, whole, in the channel's own staging directory (on the spool's
+        file system): one rename publishes it into incoming/."""
         attachments_dir = None
         if verdict.attachments:
             attachments_dir = str(self._save_attachments(task_id, verdict.attachments))
@@ -267,9 +279,7 @@ class EmailChannel:
                           conversation_id=verdict.conversation_id,
                           attachments_dir=attachments_dir, model=verdict.model,
                           task_id=task_id)
-        self.spool.incoming.put(task_id, task.to_dict())
-        log.for_task(logger, task_id, verdict.conversation_id, self.repo_id).info(
-            "task from %s: %r", verdict.sender, verdict.subject)
+        write_atomic(self.staging / f"{task_id}.json", dump(task.to_dict()), mode=0o640)
 
     def _save_attachments(self, task_id: str, items: list[parse.Attachment]) -> Path:
         """Written whole and fsynced before the record names them: the message is
@@ -291,15 +301,9 @@ class EmailChannel:
         fsync_dir(self.attachments)
         return final
 
-    def _committed(self, task_id: str) -> bool:
-        """Is the task anywhere in the spool? Only asked for a marker still pending."""
-        stages = [self.spool.incoming, self.spool.active, self.spool.finished, self.outgoing,
-                  self.deferred, *(Stage(p) for p in (self.spool.root / "failed").glob("*"))]
-        return any(s.exists(task_id) for s in stages) or (self.sent / task_id).exists()
-
-    def _queue_ack(self, task_id: str, verdict: intake.Verdict) -> None:
-        msg = compose.acknowledgment(self.email.address, _thread(verdict),
-                                     verdict.conversation_id, self.email.dashboard_url)
+    def _queue_ack(self, task_id: str, thread: Thread, conversation_id: str) -> None:
+        msg = compose.acknowledgment(self.email.address, thread, conversation_id,
+                                     self.email.dashboard_url)
         self.deferred.put(f"ack-{task_id}", _pending(msg, f"ack-{task_id}"))
 
     def _set_aside(self, key: str, raw: bytes, failures: list[dict], size: int) -> None:
@@ -500,7 +504,7 @@ class EmailChannel:
     def janitor(self) -> None:
         now = time.time()
         stores = [self.receive_guard.store, self.send_guard.store]
-        for directory in (self.sent, self.seen, *stores):
+        for directory in (self.sent, self.seen, self.staging, *stores):
             for entry in directory.iterdir():
                 try:
                     if now - entry.stat().st_mtime > MARKER_MAX_AGE:

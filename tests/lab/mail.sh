@@ -79,6 +79,7 @@ CF
 cat > "$ROOT/etc/dovecot/lab-users" <<'USERS'
 airut@corp.test:{PLAIN}airut-pass
 alice@corp.test:{PLAIN}alice-pass
+carol@corp.test:{PLAIN}carol-pass
 USERS
 chmod 640 "$ROOT/etc/dovecot/lab-users"
 chgrp "$(awk -F: '$1=="dovecot"{print $3}' "$ROOT/etc/group")" "$ROOT/etc/dovecot/lab-users"
