@@ -30,6 +30,7 @@ from bs4 import BeautifulSoup
 
 from airut_core.guard import Permanent
 from airut_core.records import ReplyRecord
+from airut_ingest.email import parse
 from airut_ingest.email.parse import MAX_REFERENCES, MAX_SUBJECT_CHARS, SUBJECT_TAG, message_ids
 
 PREFIXES = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw)\s*:\s*)+", re.IGNORECASE)
@@ -85,7 +86,7 @@ class Thread:
 
 def _clean(text: str) -> str:
     """Valid UTF-8 (lone surrogates become U+FFFD), no NUL."""
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    return parse.LONE_SURROGATE.sub("\ufffd", text).replace("\x00", "")
 
 
 def _one_line(text: str, limit: int) -> str:

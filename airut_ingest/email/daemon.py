@@ -107,7 +107,7 @@ class EmailChannel:
                                                          home / "reserved")
         self.receive_guard = Guard("message", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
                                    store=home / "guard-receive")
-        self.send_guard = Guard("reply", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
+        self.send_guard = Guard("outgoing mail", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
                                 store=home / "guard-send")
         self.stopping = threading.Event()
         self.status = "starting"
@@ -340,7 +340,7 @@ class EmailChannel:
         """Send what is due; returns seconds until the next attempt."""
         for name in self.outgoing.names():
             self.heartbeat["send"] = time.monotonic()
-            self.send_guard.run(f"reply {name}", lambda n=name: self.take_reply(n),
+            self.send_guard.run(f"outgoing/{name}", lambda n=name: self.take_reply(n),
                                 lambda failures, n=name: self._set_aside_reply(n, failures))
         next_due = IDLE_CHUNK
         for name in self.deferred.names():
@@ -356,7 +356,7 @@ class EmailChannel:
             if due > 0:
                 next_due = min(next_due, due)
                 continue
-            self.send_guard.run(f"mail {name}", lambda n=name, p=pending: self._attempt(n, p),
+            self.send_guard.run(f"deferred/{name}", lambda n=name, p=pending: self._attempt(n, p),
                                 lambda failures, n=name: self._set_aside_mail(n, failures))
         guard_due = self.send_guard.next_due()
         return next_due if guard_due is None else min(next_due, guard_due + 0.1)

@@ -31,6 +31,7 @@ from airut_core.guard import Permanent
 QUOTE_REMOVED = "[quoted text removed]"
 AIRUT_MESSAGE_ID = re.compile(r"<airut\.([0-9a-f]{8})\.", re.IGNORECASE)
 SUBJECT_TAG = re.compile(r"\[ID:([0-9a-f]{8})\]", re.IGNORECASE)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes, as Python keeps them
 MODEL_HINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Where clients put the quoted thread in HTML.
@@ -367,7 +368,7 @@ def attachments(msg: EmailMessage, max_bytes: int, notes: list[str]) -> list[Att
 def safe_name(raw: str, taken: set[str]) -> str:
     """A plain file name: no directories, no hidden files, no control characters,
     valid UTF-8, at most MAX_NAME_BYTES bytes (the extension is kept)."""
-    raw = raw[:4096].encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
+    raw = LONE_SURROGATE.sub("\ufffd", raw[:4096])
     name = unicodedata.normalize("NFC", raw).replace("\\", "/").split("/")[-1]
     name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
     name = name.strip().lstrip(".").strip() or "attachment"

@@ -435,8 +435,8 @@ def poison_mails() -> dict[str, tuple[bytes, str]]:
 
 ANSWERED = {"html-400-deep": "deep html", "cjk-attachment-name": "a long name",
             "nested-quotes": "quotes", "sibling-quotes": "siblings"}
-QUARANTINED = {"nested-multipart": "cannot parse the message", "many-parts": "more than 500 MIME parts",
-               "too-big": "over max_message_bytes"}
+QUARANTINED = {"nested-multipart": "cannot parse the message",
+               "many-parts": "more than 500 MIME parts", "too-big": "over max_message_bytes"}
 REJECTED = ("from-quote", "from-bracket")
 
 
