@@ -152,22 +152,25 @@ class EmailChannel:
                 next_scan = 0.0  # the server rang: scan now
 
     def scan(self, box: Mailbox) -> None:
+        seen = set()
         for uid in box.waiting():
             if self.stopping.is_set():
                 return
             self.heartbeat["receive"] = time.monotonic()
-            self.take(box, uid)
+            seen.add(self.take(box, uid))
+        _forget_missing(self.receive_guard, seen)
 
-    def take(self, box: Mailbox, uid: int) -> None:
+    def take(self, box: Mailbox, uid: int) -> str | None:
         """One message: examined under the guard, then released from the mailbox as its
-        marker says. Errors of the IMAP connection propagate (the loop reconnects)."""
+        marker says. Errors of the IMAP connection propagate (the loop reconnects).
+        Returns the message's key."""
         size = box.size(uid)
         if size is None:
-            return
+            return None
         if size > self.email.max_message_bytes:
             raw = box.fetch_header(uid)
             if raw is None:
-                return
+                return None
             key = message_key(raw)
             if self._marker(key) is None:
                 self._set_aside(key, raw, [{"time": utc_now(), "reason": (
@@ -176,7 +179,7 @@ class EmailChannel:
         else:
             raw = box.fetch(uid)
             if raw is None:
-                return
+                return None
             key = message_key(raw)
             marker = self._marker(key)
             if marker is None:
@@ -190,6 +193,7 @@ class EmailChannel:
                     key, lambda: self.finish_intake(key, marker),
                     quarantine=lambda failures: self._set_aside(key, raw, failures, size))
         self._release(box, uid, key)
+        return key
 
     def _release(self, box: Mailbox, uid: int, key: str) -> None:
         """Only once the marker says what became of it (design.md, spool rule 7)."""
@@ -206,8 +210,11 @@ class EmailChannel:
                 logger.error("cannot move message %s to the folder %r (%s); removing it "
                              "from the inbox: a copy is in %s", key, folder, e, self.failed.path)
                 box.remove(uid)
-                return
-            logger.warning("moved message %s to the folder %r", key, folder)
+            else:
+                logger.warning("moved message %s to the folder %r", key, folder)
+            # Forgotten once out of the inbox: an operator who moves it back (the cause
+            # fixed) has it examined afresh.
+            (self.seen / f"{key}.json").unlink(missing_ok=True)
         # else: it failed and backs off; the next scan tries it again
 
     def intake(self, raw: bytes, key: str) -> None:
@@ -338,6 +345,8 @@ class EmailChannel:
 
     def send_waiting(self) -> float:
         """Send what is due; returns seconds until the next attempt."""
+        _forget_missing(self.send_guard, {*(f"outgoing/{n}" for n in self.outgoing.names()),
+                                          *(f"deferred/{n}" for n in self.deferred.names())})
         for name in self.outgoing.names():
             self.heartbeat["send"] = time.monotonic()
             self.send_guard.run(f"outgoing/{name}", lambda n=name: self.take_reply(n),
@@ -518,6 +527,12 @@ class EmailChannel:
         aside = self.receive_guard.quarantined_total + self.send_guard.quarantined_total
         return (f"{self.status}; {waiting} mail(s) to send"
                 + (f"; {aside} set aside since start" if aside else ""))
+
+
+def _forget_missing(guard: Guard, present: set) -> None:
+    """Items gone from their queue (sent, or deleted by someone else) are not waited for."""
+    for key in set(guard.keys()) - present:
+        guard.forget(key)
 
 
 def _thread(verdict: intake.Verdict) -> Thread:

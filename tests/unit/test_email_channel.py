@@ -116,6 +116,11 @@ def test_a_message_that_keeps_failing_is_quarantined_and_the_next_one_goes_on(ch
     assert record["message_id"] == "<p1@x>"
     assert (channel.failed.path / f"{name}.eml").read_bytes() == mail(body="poison",
                                                                       message_id="<p1@x>")
+    # Moved back into the inbox by an operator, the cause fixed: examined afresh.
+    monkeypatch.setattr(intake, "examine", real)
+    box = Box(mail(body="poison", message_id="<p1@x>"))
+    channel.scan(box)
+    assert box.removed == [1] and len(incoming(channel)) == 2
 
 
 def _die_in_take(spool_root: str) -> None:
