@@ -15,6 +15,7 @@ the conversation instead of starting another.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from airut_core import conversation, paths
 from airut_core.spool import fsync_dir
 
+logger = logging.getLogger("airut.email")
 RESERVATION_MAX_AGE = 30 * 86400  # a conversation.json exists long before this
 
 
@@ -46,6 +48,10 @@ class Conversations:
         try:
             conv = conversation.load(self.state_dir, conversation_id)
         except FileNotFoundError:
+            return None
+        except Exception as e:  # unreadable to this user, or a conversation.json gone bad
+            logger.error("cannot read conversation %s (%s): mail naming it starts a new "
+                         "conversation", conversation_id, e)
             return None
         return conv.repo if conv else None
 

@@ -173,9 +173,10 @@ class EmailChannel:
                 return None
             key = message_key(raw)
             if self._marker(key) is None:
-                self._set_aside(key, raw, [{"time": utc_now(), "reason": (
-                    f"the message has {size} bytes, over max_message_bytes "
-                    f"({self.email.max_message_bytes}); it was not read")}], size)
+                reason = (f"the message has {size} bytes, over max_message_bytes "
+                          f"({self.email.max_message_bytes}); it was not read")
+                self.receive_guard.run(key, lambda: self._set_aside(
+                    key, raw, [{"time": utc_now(), "reason": reason}], size))
         else:
             raw = box.fetch(uid)
             if raw is None:
