@@ -26,7 +26,6 @@ class Verdict:
     attachments: list[Attachment] = field(default_factory=list)
     model: str | None = None
     message_id: str | None = None
-    in_reply_to: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # A conversation the mail named but may not continue (another repository's, or
@@ -74,8 +73,7 @@ def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdi
         accepted=True, reason="ok", sender=sender, conversation_id=conversation,
         subject=mail.subject, text=text, attachments=mail.attachments,
         model=None if conversation else mail.model_hint(cfg.address),
-        message_id=mail.message_id, in_reply_to=mail.in_reply_to,
-        references=mail.references, notes=mail.notes, dropped_reference=dropped)
+        message_id=mail.message_id, references=mail.references, notes=mail.notes, dropped_reference=dropped)
     if not mail.text.strip() and not mail.attachments and (conversation or not mail.subject):
         verdict.accepted, verdict.reason = False, "empty"
         verdict.detail = "the message has no text and no attachments"
