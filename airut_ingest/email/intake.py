@@ -73,7 +73,8 @@ def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdi
         accepted=True, reason="ok", sender=sender, conversation_id=conversation,
         subject=mail.subject, text=text, attachments=mail.attachments,
         model=None if conversation else mail.model_hint(cfg.address),
-        message_id=mail.message_id, references=mail.references, notes=mail.notes, dropped_reference=dropped)
+        message_id=mail.message_id, references=mail.references, notes=mail.notes,
+        dropped_reference=dropped)
     if not mail.text.strip() and not mail.attachments and (conversation or not mail.subject):
         verdict.accepted, verdict.reason = False, "empty"
         verdict.detail = "the message has no text and no attachments"
