@@ -411,25 +411,25 @@ def poison_mails() -> dict[str, tuple[bytes, str]]:
         "from-bracket": raw_mail(b"a@[", "poison from-bracket", b"[[scenario:echo]] x"),
         "html-400-deep": raw_mail(
             b"alice@corp.test", "poison html-400-deep",
-            b"<div>" * 400 + b"[[scenario:echo]] deep html" + b"</div>" * 400,
+            b"<div>\r\n" * 400 + b"[[scenario:echo]] deep html" + b"</div>\r\n" * 400,
             b"text/html; charset=utf-8"),
         "cjk-attachment-name": raw_mail(
             b"alice@corp.test", "poison cjk-attachment-name", attached_body,
             attached["Content-Type"].encode()),
         "nested-quotes": raw_mail(
             b"alice@corp.test", "poison nested-quotes",
-            b"[[scenario:echo]] quotes" + b'<blockquote type="cite">q' * 3000
-            + b"</blockquote>r" * 3000, b"text/html; charset=utf-8"),
+            b"[[scenario:echo]] quotes" + b'<blockquote type="cite">q\r\n' * 3000
+            + b"</blockquote>r\r\n" * 3000, b"text/html; charset=utf-8"),
         "sibling-quotes": raw_mail(
             b"alice@corp.test", "poison sibling-quotes",
-            b"<p>[[scenario:echo]] siblings</p>" + b'<blockquote type="cite">q</blockquote>r'
+            b"<p>[[scenario:echo]] siblings</p>" + b'<blockquote type="cite">q</blockquote>r\r\n'
             * 5000, b"text/html; charset=utf-8"),
         "nested-multipart": raw_mail(b"alice@corp.test", "poison nested-multipart",
                                      nested_multipart(1000), b'multipart/mixed; boundary="b0"'),
         "many-parts": raw_mail(b"alice@corp.test", "poison many-parts", many,
                                b'multipart/mixed; boundary="m"'),
         "too-big": raw_mail(b"alice@corp.test", "poison too-big",
-                            b"[[scenario:echo]] " + b"x" * 1_300_000),
+                            b"[[scenario:echo]] " + (b"x" * 998 + b"\r\n") * 1300),
     }
 
 
