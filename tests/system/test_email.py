@@ -219,7 +219,7 @@ def use_seam(lab) -> None:
     target.write_text((Path(__file__).parent / "email_seam.py").read_text())
     lab.guest("mkdir", "-p", str(Path(SEAM_DROPIN).parent))
     lab.guest("sh", "-c", f"printf '[Service]\\nExecStart=\\nExecStart={lab.home}/guest-venv/"
-              f"bin/python {SEAM} %i\\n' > {SEAM_DROPIN}")
+              f"bin/python {SEAM} %%i\\n' > {SEAM_DROPIN}")
     restart_email(lab)
 
 
@@ -245,8 +245,8 @@ def ack_for(lab, message_id: str, user=ALICE):
 def test_killed_between_commit_and_removal_after_a_merge_makes_no_second_task(lab, dkim_key):
     """The intake marker is the proof: the task of the killed-in-between message was
     merged into a later one, and its record is gone from the spool by then."""
-    use_seam(lab)
     try:
+        use_seam(lab)
         first = lab.scenario("crash-first", [{"tool": "Bash", "input": {"command": "sleep 12"}},
                                              {"text": "first done"}])
         raw, first_id = signed(dkim_key, "alice@corp.test", "merge crash", f"{first} go")
