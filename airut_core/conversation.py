@@ -7,6 +7,7 @@ Written only by airut-runner; read by the dashboard and by `airut submit
 
 from __future__ import annotations
 
+import grp
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from airut_core import paths, schema
 from airut_core.spool import dump, utc_now, write_atomic
 
 FILE = "conversation.json"
+READER_GROUP = "airut-ingest"
 LAST_REPLY_CHARS = 3000
 
 
@@ -70,4 +72,13 @@ def save(state_dir: Path | str, conversation: Conversation) -> None:
 
 
 def save_in(directory: Path, conversation: Conversation) -> None:
-    write_atomic(directory / FILE, dump(asdict(conversation)))
+    write_atomic(directory / FILE, dump(asdict(conversation)), gid=_reader_gid())
+
+
+def _reader_gid() -> int | None:
+    """Channel daemons (group READER_GROUP) read conversation.json to learn which
+    repository a conversation belongs to; nothing else in the directory."""
+    try:
+        return grp.getgrnam(READER_GROUP).gr_gid
+    except KeyError:  # not installed as a package (a development checkout)
+        return None

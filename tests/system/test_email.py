@@ -9,6 +9,7 @@ replies go out over SMTP to alice@corp.test's mailbox, which the tests read.
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
 import json
 import os
@@ -325,8 +326,9 @@ def test_another_repositorys_conversation_is_not_continued_by_mail(lab, dkim_key
     assert conversation_of(reply) != foreign
     assert lab.conversation(conversation_of(reply))["repo"] == "mail"
     assert len(lab.conversation(foreign)["replies"]) == 1  # demo's conversation untouched
-    assert f"names conversation {foreign}, which is not one of repository mail" in \
-        lab.journal("-u", "airut-email@mail")
+    journal = lab.journal("-u", "airut-email@mail")
+    assert f"names conversation {foreign}, which is not one of repository mail" in journal
+    assert f"cannot read conversation {foreign}" not in journal  # decided by its repo field
 
 
 def test_a_reply_to_the_acknowledgment_joins_the_queued_conversation(lab, dkim_key):
@@ -458,8 +460,9 @@ def test_poison_mail_is_answered_rejected_or_quarantined_and_the_mailbox_goes_on
     for name in REJECTED:
         line = next((x for x in journal.splitlines() if f"'poison {name}'" in x), "")
         assert "rejected mail from ? (malformed)" in line, (name, line)
-    quarantine = lab_mail(lab, AIRUT, folder="airut-quarantine")
-    held = {m["Message-ID"] for m in quarantine}
+    # Headers only: the test's own parser would choke on these bodies, too.
+    held = {email.parser.BytesHeaderParser().parsebytes(m)["Message-ID"]
+            for m in lab.mailbox(*AIRUT, folder="airut-quarantine")}
     records = {p.name: json.loads(p.read_text())
                for p in (lab.spool / "failed/email-mail").glob("message-*.json")}
     for name, reason in QUARANTINED.items():
