@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import email
+import email.parser
 import email.policy
 import hashlib
 import json
@@ -573,8 +574,8 @@ def message_key(raw: bytes) -> str:
 
 def _describe(raw: bytes) -> dict:
     """What a quarantine record says about a message, whatever the bytes."""
-    try:
-        msg = parse.load(raw)
+    try:  # the header only: the body may be what cannot be parsed
+        msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(raw)
         return {"message_id": parse.message_id(msg), "subject": parse.subject(msg)[:200],
                 "from": " ".join(parse.raw_headers(msg, "From"))[:200]}
     except Exception as e:
