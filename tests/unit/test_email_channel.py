@@ -380,3 +380,18 @@ def test_a_quarantined_message_says_so_in_the_mail_it_was(channel, monkeypatch):
         (channel.failed.path / f"{channel.failed.names()[0]}.eml").read_bytes(),
         policy=email.policy.default)
     assert message["Message-ID"] == "<tc@x>"
+
+
+def test_mime_nested_too_deep_for_the_parser_is_quarantined_with_its_header(channel):
+    depth = 1000
+    body = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+                    for i in range(depth)) + b"--b%d\r\n\r\nx\r\n" % depth
+    raw = (b"Authentication-Results: " + PASS.encode() + b"\r\nFrom: alice@corp.test\r\n"
+           b"Subject: deep\r\nMessage-ID: <deep@x>\r\n"
+           b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + body)
+    box = Box(raw)
+    channel.scan(box)
+    assert box.quarantined == [(1, "airut-quarantine")]
+    [record] = [channel.failed.read(n) for n in channel.failed.names()]
+    assert record["message_id"] == "<deep@x>" and record["subject"] == "deep"
+    assert "RecursionError" in record["failures"][0]["reason"]
