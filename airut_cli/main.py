@@ -137,16 +137,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_email(args: argparse.Namespace) -> int:
-    from airut_core import conversation
+    from airut_core.guard import Permanent
     from airut_ingest.email import intake
+    from airut_ingest.email.conversations import Conversations, home
 
     cfg = config_mod.load(args.config)
     repo = cfg.repo(args.repo)
     if repo.email is None:
         raise ConfigError(f"{cfg.source}: repos.{args.repo} has no email block")
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    verdict = intake.examine(raw, repo.email,
-                             lambda cid: conversation.load(cfg.paths.state, cid) is not None)
+    known = Conversations(cfg.paths.state, args.repo,
+                          home(cfg.paths.state, args.repo) / "reserved").known
+    try:
+        verdict = intake.examine(raw, repo.email, known)
+    except Permanent as e:
+        print(json.dumps({"accepted": False, "reason": "quarantined"}, indent=1))
+        print(f"the daemon would quarantine this message: {e}", file=sys.stderr)
+        return 0
     print(json.dumps(verdict.summary(), indent=1))
     if verdict.detail or verdict.notes:
         print("; ".join(filter(None, [verdict.detail, *verdict.notes])), file=sys.stderr)

@@ -63,6 +63,7 @@ class ImapConfig:
     mailbox: str = "INBOX"
     poll_interval: Annotated[float, Range(min=1)] = 60.0  # a scan even when IDLE is quiet
     ca_file: str | None = None  # a CA to trust besides the system's (an in-house server)
+    quarantine_folder: str = "airut-quarantine"  # where mail airut cannot handle is moved
 
 
 @dataclass
@@ -83,6 +84,7 @@ class EmailConfig:
     trusted_authserv_id: str  # the authserv-id your own mail server writes
     authorized_senders: list[str]  # exact addresses or *@domain
     max_attachment_bytes: Annotated[int, Size] = 25 << 20
+    max_message_bytes: Annotated[int, Size] = 64 << 20  # larger mail is quarantined unread
     dashboard_url: str | None = None  # for the link in the acknowledgment
     acknowledge: bool = True  # tell the sender a new conversation has started
     retry_limit: Annotated[int, Range(min=1)] = 8  # SMTP attempts before quarantine

@@ -61,10 +61,15 @@ def blocked_conversations(ctx: Context) -> set[str]:
 
 
 def group(waiting: list[TaskRecord]) -> list[list[TaskRecord]]:
-    """Waiting tasks in order, those of one conversation together."""
-    groups: dict[str, list[TaskRecord]] = {}
+    """Waiting tasks in order, those of one conversation and one channel together.
+
+    Only one channel's messages merge: the reply goes back through the channel of
+    the task that carries it, so a mail merged into a command-line task would never
+    be answered by mail. The conversation's messages from another channel wait for
+    its next task."""
+    groups: dict[tuple[str, str], list[TaskRecord]] = {}
     for task in waiting:
-        key = task.conversation_id or f"new:{task.task_id}"
+        key = (task.conversation_id or f"new:{task.task_id}", task.channel)
         groups.setdefault(key, []).append(task)
     return list(groups.values())
 

@@ -71,9 +71,12 @@ def open_or_create(state_dir: Path, task: TaskRecord, repo: RepoConfig, mirror: 
     try:
         for sub in SUBDIRS:
             if sub != "workspace":
-                (tmp / sub).mkdir(mode=0o700 if sub == "tasks" else 0o755)
+                (tmp / sub).mkdir(mode=0o700)
         mirror.clone_workspace(tmp / "workspace")
         for sub in CONTAINER_DIRS:
+            # The agent's, alone: airut's daemons (group airut) read the
+            # conversation's state and logs beside them, not its files.
+            os.chmod(tmp / sub, 0o700)
             chown_tree(tmp / sub, uid_base)
         conv = Conversation(conversation_id=cid, repo=task.repo, model=task.model or repo.model,
                             effort=repo.effort, uid_base=uid_base)

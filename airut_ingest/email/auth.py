@@ -6,6 +6,9 @@ write it). Its authserv-id must be the configured one, and it must carry the res
 `dmarc=pass` for the domain of the From address, as a result of its own (authres
 parses the header, so a `dmarc=pass` inside a comment or a property is no pass).
 The From header is parsed strictly: exactly one, holding exactly one address.
+Both headers are read raw and parsed here (never by the email package's header
+objects, which raise on inputs such as `From: "`): whatever the sender wrote, the
+verdict is a clean rejection, not a crash.
 
 Authorization: the address matches `authorized_senders` (exact, or `*@domain`),
 case-insensitively. Rejected mail gets no reply; the reason is logged.
@@ -13,10 +16,12 @@ case-insensitively. Rejected mail gets no reply; the reason is logged.
 
 from __future__ import annotations
 
-from email.message import Message
+from email.message import EmailMessage
 from email.utils import getaddresses
 
 import authres
+
+from airut_ingest.email.parse import raw_headers
 
 
 class Rejected(Exception):
@@ -25,31 +30,46 @@ class Rejected(Exception):
         self.reason = reason  # not_authenticated | not_authorized | malformed
 
 
-def sender_address(msg: Message) -> str:
+def sender_address(msg: EmailMessage) -> str:
     """The one address of the one From header, lower-cased."""
-    headers = msg.get_all("From") or []
+    headers = raw_headers(msg, "From")
     if len(headers) != 1:
         raise Rejected("malformed", f"{len(headers)} From headers (exactly one is needed)")
-    raw = str(headers[0])
-    # strict: a display name that looks like an address stays a display name.
-    addresses = getaddresses([raw], strict=True)
+    raw = headers[0]
+    try:
+        # strict: a display name that looks like an address stays a display name.
+        addresses = getaddresses([raw], strict=True)
+    except Exception as e:
+        raise Rejected("malformed", f"unreadable From header {raw[:200]!r}: {e}") from e
     if len(addresses) != 1 or not addresses[0][1]:
-        raise Rejected("malformed", f"From header does not hold exactly one address: {raw!r}")
+        raise Rejected("malformed", "From header does not hold exactly one address: "
+                                    f"{raw[:200]!r}")
     address = addresses[0][1].strip().lower()
     local, _, domain = address.rpartition("@")
-    if not local or not domain or " " in address or "." not in domain:
-        raise Rejected("malformed", f"not a usable address in From: {address!r}")
+    if (not local or not domain or "." not in domain or len(address) > 254
+            or not _utf8(address) or not address.isprintable() or " " in address
+            or "[" in domain):
+        raise Rejected("malformed", f"not a usable address in From: {address[:200]!r}")
     return address
 
 
-def authenticate(msg: Message, trusted_authserv_id: str) -> str:
+def _utf8(text: str) -> bool:
+    """False for the lone surrogates that stand for undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def authenticate(msg: EmailMessage, trusted_authserv_id: str) -> str:
     """The sender's address if our server verified DMARC for it; else Rejected."""
     address = sender_address(msg)
-    headers = msg.get_all("Authentication-Results") or []
+    headers = raw_headers(msg, "Authentication-Results")
     if not headers:
         raise Rejected("not_authenticated", "no Authentication-Results header")
     try:
-        top = authres.AuthenticationResultsHeader.parse_value(str(headers[0]))
+        top = authres.AuthenticationResultsHeader.parse_value(headers[0])
     except Exception as e:  # authres raises its own SyntaxError subclasses
         raise Rejected("not_authenticated", f"unreadable Authentication-Results: {e}") from e
     if (top.authserv_id or "").lower() != trusted_authserv_id.lower():

@@ -4,6 +4,13 @@ acknowledgment that a new conversation has started.
 Message-IDs carry the conversation (`<airut.<conversation>.<time>.<nonce>@<domain>>`),
 so a reply to any of them finds its way back; so does the `[ID:<conversation>]` tag in
 the subject, for clients that drop the threading headers.
+
+A reply is the agent's words, and the agent is an adversary too: its text may hold
+lone surrogates, its file names undecodable bytes, its Markdown raw HTML. Composing
+never raises on any of that: text is made valid UTF-8, names are made plain, and the
+HTML part is sanitized by nh3 (an allowlist of tags and attributes): no images (a
+remote image is fetched by the reader's mail client, and its address can carry
+data out), no styles, no scripts; every link shows its address as text beside it.
 """
 
 from __future__ import annotations
@@ -15,15 +22,34 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
-from email.utils import formatdate
-from pathlib import Path
+from email.utils import formatdate, getaddresses
 
 import markdown
+import nh3
+from bs4 import BeautifulSoup
 
+from airut_core.guard import Permanent
 from airut_core.records import ReplyRecord
-from airut_ingest.email.parse import SUBJECT_TAG
+from airut_ingest.email import parse
+from airut_ingest.email.parse import MAX_REFERENCES, MAX_SUBJECT_CHARS, SUBJECT_TAG, message_ids
 
 PREFIXES = re.compile(r"^\s*((re|fwd?|aw|wg|sv|vs|antw)\s*:\s*)+", re.IGNORECASE)
+HTML_MAX_CHARS = 500_000  # a longer reply goes out as plain text only
+URL_SHOWN_CHARS = 300
+
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "div", "dl", "dt", "em",
+    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "kbd", "li", "ol", "p", "pre", "s",
+    "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr",
+    "ul",
+}
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "abbr": {"title"}, "ol": {"start"},
+                      "td": {"align"}, "th": {"align"}}
+URL_SCHEMES = {"http", "https", "mailto"}
+
+
+class Unsendable(Permanent):
+    """A reply record that names no usable recipient: retrying cannot help."""
 
 
 @dataclass
@@ -40,7 +66,31 @@ class Thread:
 
     @classmethod
     def loads(cls, text: str) -> Thread:
-        return cls(**json.loads(text))
+        """The thread, checked: exactly one recipient address, well-formed ids."""
+        try:
+            data = json.loads(text)
+            thread = cls(to=str(data["to"]), subject=str(data.get("subject") or ""),
+                         message_id=data.get("message_id"),
+                         references=[str(r) for r in data.get("references") or []])
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise Unsendable(f"unreadable reply_to {text[:200]!r}: {e}") from e
+        addresses = getaddresses([thread.to], strict=True)
+        if len(addresses) != 1 or "@" not in addresses[0][1] or not _clean(thread.to):
+            raise Unsendable(f"reply_to does not name exactly one address: {thread.to[:200]!r}")
+        thread.to = addresses[0][1]
+        ids = message_ids(str(thread.message_id or ""))
+        thread.message_id = ids[0] if ids else None
+        thread.references = [i for r in thread.references for i in message_ids(r)][-MAX_REFERENCES:]
+        return thread
+
+
+def _clean(text: str) -> str:
+    """Valid UTF-8 (lone surrogates become U+FFFD), no NUL."""
+    return parse.LONE_SURROGATE.sub("\ufffd", text).replace("\x00", "")
+
+
+def _one_line(text: str, limit: int) -> str:
+    return " ".join(_clean(text).split())[:limit]
 
 
 def new_message_id(conversation_id: str | None, address: str) -> str:
@@ -49,6 +99,7 @@ def new_message_id(conversation_id: str | None, address: str) -> str:
 
 
 def reply_subject(original: str, conversation_id: str | None) -> str:
+    original = _one_line(original, MAX_SUBJECT_CHARS)
     bare = SUBJECT_TAG.sub("", PREFIXES.sub("", original)).strip()
     bare = PREFIXES.sub("", bare).strip()
     tag = f"[ID:{conversation_id}] " if conversation_id else ""
@@ -68,19 +119,48 @@ def _headers(msg: EmailMessage, address: str, thread: Thread, conversation: str 
 
 
 def html(text: str) -> str:
+    """The Markdown as sanitized HTML: only allowlisted tags and attributes."""
     body = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"])
+    body = nh3.clean(_visible(body), tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES,
+                     url_schemes=URL_SCHEMES, link_rel="noopener noreferrer nofollow",
+                     strip_comments=True)
     return ("<!DOCTYPE html><html><body style=\"font-family: sans-serif; line-height: 1.4\">"
             f"{body}</body></html>")
 
 
-def reply(address: str, reply: ReplyRecord) -> EmailMessage:
-    thread = Thread.loads(reply.reply_to)
+def _visible(body: str) -> str:
+    """Images become text naming them (nothing is fetched); links show where they go."""
+    soup = BeautifulSoup(body, "html.parser")
+    for img in soup.find_all("img"):
+        alt = _one_line(str(img.get("alt") or ""), 200)
+        src = _one_line(str(img.get("src") or ""), URL_SHOWN_CHARS)
+        label = " ".join(filter(None, ["[image not shown:", alt, f"({src})" if src else ""]))
+        img.replace_with(f"{label}]")
+    for link in soup.find_all("a"):
+        href = _one_line(str(link.get("href") or ""), URL_SHOWN_CHARS)
+        shown = link.get_text(" ", strip=True)
+        if href and shown != href and shown != href.removeprefix("mailto:"):
+            link.insert_after(f" ({href})")
+    return str(soup)
+
+
+def _alternatives(msg: EmailMessage, text: str) -> None:
+    text = _clean(text)
+    msg.set_content(text)
+    if len(text) <= HTML_MAX_CHARS:
+        msg.add_alternative(html(text), subtype="html")
+
+
+def reply(address: str, reply: ReplyRecord, thread: Thread,
+          files: list[tuple[str, bytes]], notes: list[str]) -> EmailMessage:
+    """files: (plain name, content) to attach; notes: what could not be, said in the text."""
     msg = EmailMessage()
     _headers(msg, address, thread, reply.conversation_id)
-    msg.set_content(reply.text)
-    msg.add_alternative(html(reply.text), subtype="html")
-    for name in reply.attachments:
-        data = (Path(reply.attachments_dir or "") / name).read_bytes()
+    text = reply.text
+    if notes:
+        text += "\n\n" + "\n".join(f"[airut: {n}]" for n in notes)
+    _alternatives(msg, text)
+    for name, data in files:
         kind, _ = mimetypes.guess_type(name)
         maintype, _, subtype = (kind or "application/octet-stream").partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
@@ -94,6 +174,5 @@ def acknowledgment(address: str, thread: Thread, conversation_id: str,
         text += f"\n\nFollow along: {dashboard_url.rstrip('/')}/conversation/{conversation_id}"
     msg = EmailMessage()
     _headers(msg, address, thread, conversation_id)
-    msg.set_content(text)
-    msg.add_alternative(html(text), subtype="html")
+    _alternatives(msg, text)
     return msg

@@ -2,16 +2,27 @@
 
 Receiving (one thread): IMAP IDLE, with a scan of the whole inbox on every wake-up
 and at least every imap.poll_interval seconds (IDLE misses messages on some
-servers). Every message is examined (intake.examine); an accepted one becomes a
-task record in incoming/, and only then is it removed from the mailbox. A marker
-written before the record remembers which task a message became, so a crash
-anywhere in between neither loses the message nor makes a second task of it.
+servers). Every message is examined under a guard (airut_core.guard, with its
+count on disk, so a message that kills the process counts too): an accepted one
+becomes a task record in incoming/, a rejected one is logged; only then is it
+removed from the mailbox. A message that fails three times, or that is beyond what
+airut reads, is moved to the quarantine folder on the IMAP server, with a record of
+the reasons in failed/email-<repo>/. The mailbox never stops on one message.
 
-Sending (another thread): reply records from outgoing/email-<repo>/ go out over
-SMTP, threaded; a sent-marker per task makes each go out once. A refused or failed
-send moves the mail to deferred/email-<repo>/ and is retried with back-off, then
-quarantined in failed/email-<repo>/ with the reason. Acknowledgments of new
-conversations travel the same deferred path.
+An intake marker per message remembers what became of it. The task record is
+staged whole first; the marker, pending, names it; one rename publishes it into
+incoming/; the marker says committed. After a crash anywhere, a committed message
+is only removed from the mailbox (its task may long be merged into another), and
+a pending one is finished from its staged record: never a second task, never none.
+
+Sending (another thread): reply records from outgoing/email-<repo>/ become one mail
+per distinct sender of the tasks the reply answers (merged follow-ups may come from
+several), each threaded under that sender's message; each waits in
+deferred/email-<repo>/ and goes out over SMTP; a sent-marker per mail makes each go
+out once. A refused or failed send is retried with back-off, then quarantined in
+failed/email-<repo>/ with the reasons. Acknowledgments travel the same path. A reply
+record that cannot be composed is retried under the guard, then quarantined; the
+replies after it go out.
 """
 
 from __future__ import annotations
@@ -25,22 +36,35 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
 from pathlib import Path
 
 import sdnotify
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from airut_core import config as config_mod
-from airut_core import conversation, log
+from airut_core import log
 from airut_core.config import Config, ConfigError
+from airut_core.guard import Guard, Permanent
 from airut_core.paths import Spool
 from airut_core.records import ReplyRecord, TaskRecord
-from airut_core.spool import Doorbell, RecordError, Stage, new_name, utc_now, write_atomic
-from airut_ingest.email import compose, intake
+from airut_core.spool import (
+    Doorbell,
+    RecordError,
+    Stage,
+    dump,
+    fsync_dir,
+    new_name,
+    utc_now,
+    write_atomic,
+)
+from airut_ingest.email import compose, conversations, intake, parse
 from airut_ingest.email.compose import Thread
 from airut_ingest.email.mailbox import Mailbox, send
 
@@ -48,7 +72,13 @@ logger = logging.getLogger("airut.email")
 
 IDLE_CHUNK = 10.0  # seconds per IDLE round: stop and the watchdog stay responsive
 BACKOFF_MAX = 300.0
-SENT_MAX_AGE = 30 * 86400
+MARKER_MAX_AGE = 30 * 86400  # intake and sent markers, reservations, guard counts
+GUARD_LIMIT = 3  # failures of one message or reply before it is set aside
+GUARD_DELAY = 2.0  # first wait after a failure; doubles
+MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[!-;=?-~]{1,250}>)", re.IGNORECASE | re.MULTILINE)
+
+# What an intake marker says became of a message.
+PENDING, COMMITTED, REJECTED, QUARANTINED = "pending", "committed", "rejected", "quarantined"
 
 
 class EmailChannel:
@@ -60,16 +90,26 @@ class EmailChannel:
             raise ConfigError(f"{cfg.source}: repos.{repo_id} has no email block")
         self.email = repo.email
         self.channel = f"email-{repo_id}"
-        self.spool = Spool(cfg.paths.spool).ensure()
+        # Only the stages this daemon writes: it may not create the others.
+        self.spool = Spool(cfg.paths.spool)
+        self.spool.incoming.ensure()
         self.outgoing = self.spool.outgoing(self.channel).ensure()
         self.deferred = Stage(self.spool.root / "deferred" / self.channel).ensure()
-        self.failed = self.spool.failed(self.channel)
+        self.failed = self.spool.failed(self.channel).ensure()
+        self.staging = self.deferred.path / "intake"  # task records about to be published
+        self.staging.mkdir(exist_ok=True)
         self.attachments = self.spool.root / "attachments"
-        home = Path(cfg.paths.state) / "email" / repo_id
+        home = conversations.home(cfg.paths.state, repo_id)
         self.seen = home / "seen"
         self.sent = home / "sent"
         for d in (self.seen, self.sent, self.attachments):
             d.mkdir(parents=True, exist_ok=True)
+        self.conversations = conversations.Conversations(cfg.paths.state, repo_id,
+                                                         home / "reserved")
+        self.receive_guard = Guard("message", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
+                                   store=home / "guard-receive")
+        self.send_guard = Guard("outgoing mail", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
+                                store=home / "guard-send")
         self.stopping = threading.Event()
         self.status = "starting"
         self.heartbeat = {"receive": time.monotonic(), "send": time.monotonic()}
@@ -105,91 +145,189 @@ class EmailChannel:
         while not self.stopping.is_set():
             self.heartbeat["receive"] = time.monotonic()
             if time.monotonic() >= next_scan:
-                for uid in box.waiting():
-                    self.take(box, uid)
-                next_scan = time.monotonic() + self.email.imap.poll_interval
+                self.scan(box)
+                wait = self.email.imap.poll_interval
+                due = self.receive_guard.next_due()  # a message backing off
+                next_scan = time.monotonic() + (wait if due is None else min(wait, due + 0.1))
             if box.wait(min(IDLE_CHUNK, max(0.0, next_scan - time.monotonic()))):
                 next_scan = 0.0  # the server rang: scan now
 
-    def take(self, box: Mailbox, uid: int) -> None:
-        raw = box.fetch(uid)
-        if raw is None:
-            return
-        key = _message_key(raw)
-        marker = self.seen / f"{key}.json"
-        verdict = intake.examine(raw, self.email, self._known)
-        if marker.exists():
-            done = _read_json(marker)
-            if not self._committed(done["task_id"]) and verdict.accepted:
-                logger.warning("message %s was not committed before a crash; committing it "
-                               "as task %s", verdict.message_id, done["task_id"])
-                verdict.conversation_id = done.get("conversation_id")
-                self._commit(done["task_id"], verdict)
+    def scan(self, box: Mailbox) -> None:
+        seen = set()
+        for uid in box.waiting():
+            if self.stopping.is_set():
+                return
+            self.heartbeat["receive"] = time.monotonic()
+            seen.add(self.take(box, uid))
+        _forget_missing(self.receive_guard, seen)
+
+    def take(self, box: Mailbox, uid: int) -> str | None:
+        """One message: examined under the guard, then released from the mailbox as its
+        marker says. Errors of the IMAP connection propagate (the loop reconnects).
+        Returns the message's key."""
+        size = box.size(uid)
+        if size is None:
+            return None
+        if size > self.email.max_message_bytes:
+            raw = box.fetch_header(uid)
+            if raw is None:
+                return None
+            key = message_key(raw)
+            if self._marker(key) is None:
+                reason = (f"the message has {size} bytes, over max_message_bytes "
+                          f"({self.email.max_message_bytes}); it was not read")
+                self.receive_guard.run(key, lambda: self._set_aside(
+                    key, raw, [{"time": utc_now(), "reason": reason}], size))
+        else:
+            raw = box.fetch(uid)
+            if raw is None:
+                return None
+            key = message_key(raw)
+            marker = self._marker(key)
+            if marker is None:
+                self.receive_guard.run(
+                    key, lambda: self.intake(raw, key),
+                    quarantine=lambda failures: self._set_aside(key, raw, failures, size))
+            elif marker.get("state") == PENDING:  # a crash came in between
+                logger.warning("message %s: finishing the intake of task %s after a crash",
+                               key, marker.get("task_id"))
+                self.receive_guard.run(
+                    key, lambda: self.finish_intake(key, marker),
+                    quarantine=lambda failures: self._set_aside(key, raw, failures, size))
+        self._release(box, uid, key)
+        return key
+
+    def _release(self, box: Mailbox, uid: int, key: str) -> None:
+        """Only once the marker says what became of it (design.md, spool rule 7)."""
+        state = (self._marker(key) or {}).get("state")
+        if state in (COMMITTED, REJECTED):
             box.remove(uid)
-            return
+        elif state == QUARANTINED:
+            folder = self.email.imap.quarantine_folder
+            try:
+                box.quarantine(uid, folder)
+            except IMAPClientAbortError:
+                raise  # the connection: reconnect and try again
+            except IMAPClientError as e:  # the server refused: never block the mailbox
+                logger.error("cannot move message %s to the folder %r (%s); removing it "
+                             "from the inbox: a copy is in %s", key, folder, e, self.failed.path)
+                box.remove(uid)
+            else:
+                logger.warning("moved message %s to the folder %r", key, folder)
+            # Forgotten once out of the inbox: an operator who moves it back (the cause
+            # fixed) has it examined afresh.
+            (self.seen / f"{key}.json").unlink(missing_ok=True)
+        # else: it failed and backs off; the next scan tries it again
+
+    def intake(self, raw: bytes, key: str) -> None:
+        """Examine a message and commit its task: the work the guard watches."""
+        verdict = intake.examine(raw, self.email, self.conversations.known)
         if not verdict.accepted:
             logger.warning("rejected mail from %s (%s): %s; subject %r", verdict.sender or "?",
                            verdict.reason, verdict.detail, verdict.subject)
-            box.remove(uid)
+            self._write_marker(key, {"state": REJECTED, "reason": verdict.reason,
+                                     "message_id": verdict.message_id})
             return
+        if verdict.dropped_reference:
+            logger.warning("mail from %s names conversation %s, which is not one of "
+                           "repository %s: it starts a new conversation; subject %r",
+                           verdict.sender, verdict.dropped_reference, self.repo_id,
+                           verdict.subject)
         new = verdict.conversation_id is None
-        if new:  # chosen here, so the acknowledgment can name it
-            verdict.conversation_id = conversation.new_id(self.cfg.paths.state)
+        if new:  # chosen and reserved here, so the acknowledgment can name it
+            verdict.conversation_id = self.conversations.reserve_new()
         task_id = new_name()
-        write_atomic(marker, intake_marker(task_id, verdict).encode(), mode=0o640)
-        self._commit(task_id, verdict)
-        self._pause_for_tests()
-        box.remove(uid)
-        if new and self.email.acknowledge:
-            self._queue_ack(task_id, verdict)
-
-    def _known(self, conversation_id: str) -> bool:
-        return conversation.load(self.cfg.paths.state, conversation_id) is not None
-
-    def _commit(self, task_id: str, verdict: intake.Verdict) -> None:
-        attachments_dir = None
-        if verdict.attachments:
-            final = self.attachments / task_id
-            tmp = self.attachments / f".{task_id}.new"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(mode=0o750)
-            for item in verdict.attachments:
-                (tmp / item.name).write_bytes(item.data)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            attachments_dir = str(final)
-        text = verdict.text
-        if verdict.notes:
-            text += "\n\n" + "\n".join(f"[airut: {n}]" for n in verdict.notes)
-        thread = Thread(to=verdict.sender, subject=verdict.subject,
-                        message_id=verdict.message_id, references=verdict.references)
-        task = TaskRecord(repo=self.repo_id, channel=self.channel, reply_to=thread.dumps(),
-                          sender=verdict.sender, text=text,
-                          conversation_id=verdict.conversation_id,
-                          attachments_dir=attachments_dir, model=verdict.model,
-                          task_id=task_id)
-        self.spool.incoming.put(task_id, task.to_dict())
+        self._stage(task_id, verdict)
+        marker = {"state": PENDING, "task_id": task_id, "message_id": verdict.message_id,
+                  "conversation_id": verdict.conversation_id, "new": new,
+                  "reply_to": _thread(verdict).dumps()}
+        self._write_marker(key, marker)
+        self.finish_intake(key, marker)
         log.for_task(logger, task_id, verdict.conversation_id, self.repo_id).info(
             "task from %s: %r", verdict.sender, verdict.subject)
 
-    def _committed(self, task_id: str) -> bool:
-        stages = [self.spool.incoming, self.spool.active, self.spool.finished, self.outgoing,
-                  self.deferred, *(Stage(p) for p in (self.spool.root / "failed").glob("*"))]
-        return any(s.exists(task_id) for s in stages) or (self.sent / task_id).exists()
+    def finish_intake(self, key: str, marker: dict) -> None:
+        """From a pending marker on: publish the staged record (unless that happened
+        before a crash), queue the acknowledgment, mark the message committed."""
+        task_id = marker["task_id"]
+        staged = self.staging / f"{task_id}.json"
+        if staged.exists():
+            os.rename(staged, self.spool.incoming.file(task_id))
+            fsync_dir(self.spool.incoming.path)
+        if marker.get("new") and self.email.acknowledge:
+            self._queue_ack(task_id, Thread.loads(marker["reply_to"]),
+                            marker["conversation_id"])
+        self._write_marker(key, {**marker, "state": COMMITTED})
 
-    def _pause_for_tests(self) -> None:
-        """Test seam: hold between the commit and the removal, to be killed there."""
-        pause = os.environ.get("AIRUT_TEST_PAUSE_BEFORE_REMOVE")
-        if pause:
-            logger.info("pausing %s s between commit and removal (test)", pause)
-            time.sleep(float(pause))
+    def _marker(self, key: str) -> dict | None:
+        try:
+            data = json.loads((self.seen / f"{key}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            logger.error("unreadable intake marker %s (%s): examining the message again",
+                         key, e)
+            return None
+        return data if isinstance(data, dict) else None
 
-    def _queue_ack(self, task_id: str, verdict: intake.Verdict) -> None:
-        thread = Thread(to=verdict.sender, subject=verdict.subject,
-                        message_id=verdict.message_id, references=verdict.references)
-        msg = compose.acknowledgment(self.email.address, thread, verdict.conversation_id,
+    def _write_marker(self, key: str, marker: dict) -> None:
+        data = json.dumps({**marker, "time": utc_now()}).encode()
+        write_atomic(self.seen / f"{key}.json", data, mode=0o640)
+
+    def _stage(self, task_id: str, verdict: intake.Verdict) -> None:
+        """The task record, whole, in the channel's own staging directory (on the spool's
+        file system): one rename publishes it into incoming/."""
+        attachments_dir = None
+        if verdict.attachments:
+            attachments_dir = str(self._save_attachments(task_id, verdict.attachments))
+        text = verdict.text
+        if verdict.notes:
+            text += "\n\n" + "\n".join(f"[airut: {n}]" for n in verdict.notes)
+        task = TaskRecord(repo=self.repo_id, channel=self.channel,
+                          reply_to=_thread(verdict).dumps(), sender=verdict.sender, text=text,
+                          conversation_id=verdict.conversation_id,
+                          attachments_dir=attachments_dir, model=verdict.model,
+                          task_id=task_id)
+        write_atomic(self.staging / f"{task_id}.json", dump(task.to_dict()), mode=0o640)
+
+    def _save_attachments(self, task_id: str, items: list[parse.Attachment]) -> Path:
+        """Written whole and fsynced before the record names them: the message is
+        expunged after the commit, and these are then the only copy."""
+        final = self.attachments / task_id
+        tmp = self.attachments / f".{task_id}.new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o750)
+        for item in items:
+            fd = os.open(tmp / item.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o640)
+            with os.fdopen(fd, "wb") as f:
+                f.write(item.data)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(self.attachments)
+        return final
+
+    def _queue_ack(self, task_id: str, thread: Thread, conversation_id: str) -> None:
+        msg = compose.acknowledgment(self.email.address, thread, conversation_id,
                                      self.email.dashboard_url)
         self.deferred.put(f"ack-{task_id}", _pending(msg, f"ack-{task_id}"))
+
+    def _set_aside(self, key: str, raw: bytes, failures: list[dict], size: int) -> None:
+        """Quarantine: a copy of the message (or of its header, when it was too big to
+        read) and the record of the reasons first, then the marker that sends the
+        message to the quarantine folder."""
+        name = f"message-{key[:32]}"
+        write_atomic(self.failed.path / f"{name}.eml", raw, self.failed.tmp, mode=0o640)
+        self.failed.put(name, {"kind": "email message", "repo": self.repo_id,
+                               "message_key": key, "size": size, **_describe(raw),
+                               "folder": self.email.imap.quarantine_folder,
+                               "failures": failures, "time": utc_now()})
+        self._write_marker(key, {"state": QUARANTINED, "record": f"{self.failed.path}/{name}"})
+        logger.error("quarantined message %s (%s): %s", key, _describe(raw).get("subject"),
+                     "; ".join(f.get("reason", "") for f in failures))
 
     # -- sending --------------------------------------------------------------------
 
@@ -200,7 +338,7 @@ class EmailChannel:
                 self.heartbeat["send"] = time.monotonic()
                 try:
                     wait = self.send_waiting()
-                except Exception:
+                except Exception:  # listing a directory failed, say: not one item's fault
                     logger.exception("sending failed; trying again shortly")
                     wait = 5.0
                 bell.wait(min(wait, IDLE_CHUNK))
@@ -208,41 +346,107 @@ class EmailChannel:
             bell.close()
 
     def send_waiting(self) -> float:
-        """Send what is due; returns seconds until the next deferred attempt."""
+        """Send what is due; returns seconds until the next attempt."""
+        _forget_missing(self.send_guard, {*(f"outgoing/{n}" for n in self.outgoing.names()),
+                                          *(f"deferred/{n}" for n in self.deferred.names())})
         for name in self.outgoing.names():
-            self._send_reply(name)
+            self.heartbeat["send"] = time.monotonic()
+            self.send_guard.run(f"outgoing/{name}", lambda n=name: self.take_reply(n),
+                                lambda failures, n=name: self._set_aside_reply(n, failures))
         next_due = IDLE_CHUNK
         for name in self.deferred.names():
+            self.heartbeat["send"] = time.monotonic()
             try:
                 pending = self.deferred.read(name)
-            except (FileNotFoundError, RecordError):
+            except FileNotFoundError:
                 continue
-            due = pending.get("next_attempt", 0) - time.time()
+            except RecordError as e:
+                self._set_aside_mail(name, [{"time": utc_now(), "reason": str(e)}])
+                continue
+            due = _number(pending.get("next_attempt")) - time.time()
             if due > 0:
                 next_due = min(next_due, due)
                 continue
-            self._attempt(name, pending)
-        return next_due
+            self.send_guard.run(f"deferred/{name}", lambda n=name, p=pending: self._attempt(n, p),
+                                lambda failures, n=name: self._set_aside_mail(n, failures))
+        guard_due = self.send_guard.next_due()
+        return next_due if guard_due is None else min(next_due, guard_due + 0.1)
 
-    def _send_reply(self, name: str) -> None:
+    def take_reply(self, name: str) -> None:
+        """A reply record becomes one mail per distinct sender, each in deferred/ (the
+        whole message, attachments included), before the record is removed."""
         try:
             reply = ReplyRecord.from_dict(self.outgoing.read(name), f"{self.channel}/{name}")
         except FileNotFoundError:
             return
         except RecordError as e:
-            logger.error("quarantined unreadable reply %s: %s", name, e)
-            self.outgoing.move_to(name, self.failed.ensure())
-            return
-        pending = None
-        if not (self.sent / name).exists():  # else it went out before a crash
-            pending = _pending(compose.reply(self.email.address, reply), name)
-            # The deferred copy holds the whole message, attachments included.
-            self.deferred.put(name, pending)
+            raise Permanent(str(e)) from e
+        mails = self.recipients(name, reply)
+        files, notes = self._reply_files(name, reply)
+        for key, thread in mails:
+            if (self.sent / key).exists() or self.deferred.exists(key):
+                continue  # composed, or even sent, before a crash
+            msg = compose.reply(self.email.address, reply, thread, files, notes)
+            self.deferred.put(key, _pending(msg, key))
         self.outgoing.remove(name)
-        shutil.rmtree(self.outgoing.path / f"{name}.files", ignore_errors=True)
-        self._cleanup_task([*reply.merged_task_ids, reply.task_id])
-        if pending is not None:
-            self._attempt(name, pending)
+        self._remove_tree(self.outgoing.path / f"{name}.files")
+        for task_id in [*reply.merged_task_ids, reply.task_id]:
+            self._remove_tree(self.attachments / task_id)
+        # send_waiting goes on with deferred/, where these are due at once.
+
+    def recipients(self, name: str, reply: ReplyRecord) -> list[tuple[str, Thread]]:
+        """(sent-marker key, thread) for each distinct sender the reply answers: the
+        reply's own first, then those of merged tasks, each under its own message."""
+        threads = [Thread.loads(reply.reply_to)]  # Unsendable: nobody to send it to
+        for i, other in enumerate(reply.merged_reply_to):
+            try:
+                threads.append(Thread.loads(other))
+            except compose.Unsendable as e:  # a task of another channel, say
+                logger.warning("reply %s: merged task %d has no mail address (%s)", name,
+                               i + 1, e)
+        seen: set[str] = set()
+        mails = []
+        for i, thread in enumerate(threads):
+            if thread.to.lower() in seen:
+                continue
+            seen.add(thread.to.lower())
+            mails.append((name if i == 0 else f"{name}+{i}", thread))
+        return mails
+
+    def _reply_files(self, name: str, reply: ReplyRecord) -> tuple[list[tuple[str, bytes]],
+                                                                     list[str]]:
+        """The reply's files, read without following links, from its own directory only;
+        what cannot be attached is named in the text instead."""
+        if not reply.attachments:
+            return [], []
+        where = self.outgoing.path / f"{name}.files"
+        if os.path.normpath(reply.attachments_dir or "") != str(where):
+            return [], [f"{len(reply.attachments)} file(s) were not attached: they are not "
+                        "where this channel reads reply files"]
+        files, notes, taken = [], [], set()
+        try:
+            dir_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as e:
+            return [], [f"the reply's files could not be read: {e.strerror}"]
+        try:
+            for raw_name in reply.attachments:
+                shown = parse.safe_name(raw_name, taken)
+                try:
+                    files.append((shown, _read_plain_file(raw_name, dir_fd)))
+                    taken.add(shown)
+                except (OSError, ValueError) as e:
+                    notes.append(f"the file {shown} could not be attached: {e}")
+        finally:
+            os.close(dir_fd)
+        return files, notes
+
+    def _remove_tree(self, path: Path) -> None:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.warning("cannot remove %s: %s", path, e)
 
     def _attempt(self, name: str, pending: dict) -> None:
         key = pending["sent_key"]
@@ -260,7 +464,7 @@ class EmailChannel:
                 logger.error("giving up on mail %s to %s after %d attempts: %s", key, msg["To"],
                              pending["attempts"], e)
                 self.deferred.put(name, pending)
-                self.deferred.move_to(name, self.failed.ensure())
+                self.deferred.move_to(name, self.failed)
                 return
             delay = min(self.email.retry_delay * 2 ** (pending["attempts"] - 1), 3600)
             pending["next_attempt"] = time.time() + delay
@@ -271,27 +475,71 @@ class EmailChannel:
         write_atomic(self.sent / key, b"", mode=0o640)
         self.deferred.remove(name)
         logger.info("sent %s to %s", "acknowledgment" if key.startswith("ack-") else "reply",
-                    msg["To"], extra={"task": key.removeprefix("ack-")})
+                    msg["To"], extra={"task": key.removeprefix("ack-").partition("+")[0]})
 
-    def _cleanup_task(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            shutil.rmtree(self.attachments / task_id, ignore_errors=True)
+    def _set_aside_reply(self, name: str, failures: list[dict]) -> None:
+        """A reply record that cannot be sent: into failed/ with its reasons, files too."""
+        try:
+            record = self.outgoing.read(name)
+        except FileNotFoundError:
+            return
+        except RecordError as e:
+            raw = self.outgoing.file(name).read_bytes()[:100_000]
+            record = {"unreadable": str(e), "raw": raw.decode("utf-8", "replace")}
+        self.failed.put(name, {**record, "failures": failures})
+        self.outgoing.remove(name)
+        files = self.outgoing.path / f"{name}.files"
+        if files.exists():
+            try:
+                files.rename(self.failed.path / f"{name}.files")
+            except OSError as e:
+                logger.warning("cannot move %s aside: %s", files, e)
+        logger.error("quarantined reply %s in %s: %s", name, self.failed.path,
+                     "; ".join(f.get("reason", "") for f in failures))
+
+    def _set_aside_mail(self, name: str, failures: list[dict]) -> None:
+        try:
+            pending = self.deferred.read(name)
+        except FileNotFoundError:
+            return
+        except RecordError as e:
+            pending = {"unreadable": str(e)}
+        self.failed.put(name, {**pending, "failures": [*pending.get("failures", []),
+                                                       *failures]})
+        self.deferred.remove(name)
+        logger.error("quarantined mail %s in %s: %s", name, self.failed.path,
+                     "; ".join(f.get("reason", "") for f in failures))
+
+    # -- upkeep ---------------------------------------------------------------------
 
     def janitor(self) -> None:
         now = time.time()
-        for directory in (self.sent, self.seen):
+        stores = [self.receive_guard.store, self.send_guard.store]
+        for directory in (self.sent, self.seen, self.staging, *stores):
             for entry in directory.iterdir():
-                if now - entry.stat().st_mtime > SENT_MAX_AGE:
-                    entry.unlink(missing_ok=True)
+                try:
+                    if now - entry.stat().st_mtime > MARKER_MAX_AGE:
+                        entry.unlink()
+                except FileNotFoundError:
+                    pass
+        self.conversations.clean()
 
     def describe(self) -> str:
         waiting = len(self.outgoing.names()) + len(self.deferred.names())
-        return f"{self.status}; {waiting} mail(s) to send"
+        aside = self.receive_guard.quarantined_total + self.send_guard.quarantined_total
+        return (f"{self.status}; {waiting} mail(s) to send"
+                + (f"; {aside} set aside since start" if aside else ""))
 
 
-def intake_marker(task_id: str, verdict: intake.Verdict) -> str:
-    return json.dumps({"task_id": task_id, "message_id": verdict.message_id,
-                       "conversation_id": verdict.conversation_id, "time": utc_now()})
+def _forget_missing(guard: Guard, present: set) -> None:
+    """Items gone from their queue (sent, or deleted by someone else) are not waited for."""
+    for key in set(guard.keys()) - present:
+        guard.forget(key)
+
+
+def _thread(verdict: intake.Verdict) -> Thread:
+    return Thread(to=verdict.sender, subject=verdict.subject, message_id=verdict.message_id,
+                  references=verdict.references)
 
 
 def _pending(msg, key: str) -> dict:
@@ -299,15 +547,39 @@ def _pending(msg, key: str) -> dict:
             "mail": base64.b64encode(bytes(msg)).decode()}
 
 
-def _message_key(raw: bytes) -> str:
-    """The Message-ID when there is one (what deduplication is about), else the bytes."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
-    message_id = (headers.get("Message-ID") or "").strip()
-    return hashlib.sha256(message_id.encode() if message_id else raw).hexdigest()[:40]
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _read_plain_file(name: str, dir_fd: int) -> bytes:
+    """A regular file directly in dir_fd: no path, no link."""
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise ValueError("not a plain file name")
+    fd = os.open(os.fsencode(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        return f.read()
+
+
+def message_key(raw: bytes) -> str:
+    """The Message-ID when there is one (what deduplication is about), else the bytes.
+
+    Read from the raw header block with one bounded regular expression: this runs
+    before anything else, on any bytes."""
+    head = re.split(rb"\r?\n\r?\n", raw[:262144], maxsplit=1)[0]
+    m = MESSAGE_ID.search(head)
+    return hashlib.sha256(m.group(1) if m else raw).hexdigest()[:40]
+
+
+def _describe(raw: bytes) -> dict:
+    """What a quarantine record says about a message, whatever the bytes."""
+    try:  # the header only: the body may be what cannot be parsed
+        msg = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(raw)
+        return {"message_id": parse.message_id(msg), "subject": parse.subject(msg)[:200],
+                "from": " ".join(parse.raw_headers(msg, "From"))[:200]}
+    except Exception as e:
+        return {"unreadable": f"{type(e).__name__}: {e}"[:500]}
 
 
 def main(argv: list[str] | None = None) -> None:

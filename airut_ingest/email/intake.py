@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from airut_core.config import EmailConfig
 from airut_ingest.email import auth, parse
-from airut_ingest.email.parse import Attachment
+from airut_ingest.email.parse import Attachment, TooComplex
 
 
 @dataclass
@@ -26,9 +26,11 @@ class Verdict:
     attachments: list[Attachment] = field(default_factory=list)
     model: str | None = None
     message_id: str | None = None
-    in_reply_to: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # A conversation the mail named but may not continue (another repository's, or
+    # unknown here): it starts a new one instead.
+    dropped_reference: str | None = None
 
     def summary(self) -> dict:
         """The JSON `airut email check` prints."""
@@ -39,21 +41,31 @@ class Verdict:
 
 
 def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdict:
-    """known(conversation_id): does this host have that conversation?"""
+    """known(conversation_id): may this repository's mail continue that conversation?
+
+    Raises TooComplex (a guard.Permanent) for a message beyond what airut reads:
+    the daemon quarantines it.
+    """
     try:
         msg = parse.load(raw)
+        subject = parse.subject(msg)
     except Exception as e:  # the parser is lenient; this is a truly broken message
-        return Verdict(False, "malformed", f"cannot parse the message: {e}")
-    subject = " ".join(parse.header(msg, "Subject").split())
+        raise TooComplex(f"cannot parse the message: {type(e).__name__}: {e}") from e
     try:
         sender = auth.authenticate(msg, cfg.trusted_authserv_id)
         auth.authorize(sender, cfg.authorized_senders)
-        mail = parse.parse(msg, cfg.max_attachment_bytes)
     except auth.Rejected as e:
         return Verdict(False, e.reason, str(e), sender=_safe_sender(msg), subject=subject)
+    try:
+        mail = parse.parse(msg, cfg.max_attachment_bytes)
+    except TooComplex:
+        raise
+    except Exception as e:  # RecursionError and the like, from a library: not retried
+        raise TooComplex(f"cannot read the message: {type(e).__name__}: {e}") from e
     conversation = mail.conversation_id()
+    dropped = None
     if conversation and not known(conversation):
-        conversation = None  # an unknown id starts a new conversation
+        conversation, dropped = None, conversation  # a new conversation instead
     text = mail.text
     if not conversation and mail.subject:
         text = f"Subject: {mail.subject}\n\n{text}".strip()
@@ -61,8 +73,8 @@ def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdi
         accepted=True, reason="ok", sender=sender, conversation_id=conversation,
         subject=mail.subject, text=text, attachments=mail.attachments,
         model=None if conversation else mail.model_hint(cfg.address),
-        message_id=mail.message_id, in_reply_to=mail.in_reply_to,
-        references=mail.references, notes=mail.notes)
+        message_id=mail.message_id, references=mail.references, notes=mail.notes,
+        dropped_reference=dropped)
     if not mail.text.strip() and not mail.attachments and (conversation or not mail.subject):
         verdict.accepted, verdict.reason = False, "empty"
         verdict.detail = "the message has no text and no attachments"

@@ -54,9 +54,21 @@ class Mailbox:
     def waiting(self) -> list[int]:
         return sorted(self.client.search(["NOT", "DELETED"]))
 
+    def size(self, uid: int) -> int | None:
+        """The message's size in bytes; None if it is gone."""
+        data = self.client.fetch([uid], ["RFC822.SIZE"]).get(uid)
+        return data.get(b"RFC822.SIZE") if data else None
+
     def fetch(self, uid: int) -> bytes | None:
         data = self.client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
         return data.get(b"BODY[]") if data else None
+
+    def fetch_header(self, uid: int, limit: int = 65536) -> bytes | None:
+        """At most `limit` bytes of the header: enough to name a message too big to read."""
+        data = self.client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{limit}>"]).get(uid)
+        if not data:
+            return None
+        return next((v for k, v in data.items() if k.startswith(b"BODY[HEADER]")), b"")
 
     def remove(self, uid: int) -> None:
         """Only once the spool holds the message (design.md, spool rule 7)."""
@@ -65,6 +77,16 @@ class Mailbox:
             self.client.uid_expunge([uid])
         else:
             self.client.expunge()
+
+    def quarantine(self, uid: int, folder: str) -> None:
+        """Move the message into `folder` (made if missing), out of the work queue."""
+        if not self.client.folder_exists(folder):
+            self.client.create_folder(folder)
+        if self.client.has_capability("MOVE"):
+            self.client.move([uid], folder)
+        else:
+            self.client.copy([uid], folder)
+            self.remove(uid)
 
     def wait(self, seconds: float) -> bool:
         """IDLE for up to `seconds`; True if the server announced something."""

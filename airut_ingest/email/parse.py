@@ -5,10 +5,17 @@ by markdownify; else from text/plain; any declared charset (an unknown one is
 decoded leniently and noted). Quoted history is cut where mail clients put it
 (Gmail, Outlook, Apple Mail, Thunderbird); a quote followed by the sender's own
 words is an inline reply and stays.
+
+Every byte is the sender's, so the work is bounded: MIME nesting and part counts,
+the length of the text, the depth of the HTML tree (deeper tags are flattened into
+their ancestors) and of nested quotes, the number and the byte length of attachment
+names. Every pass over the HTML is linear. A message beyond the structural limits
+raises TooComplex, and the daemon quarantines it.
 """
 
 from __future__ import annotations
 
+import bisect
 import email
 import email.policy
 import re
@@ -16,12 +23,15 @@ import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
-from bs4 import BeautifulSoup, Tag
+from bs4 import BeautifulSoup, NavigableString, Tag
 from markdownify import markdownify
+
+from airut_core.guard import Permanent
 
 QUOTE_REMOVED = "[quoted text removed]"
 AIRUT_MESSAGE_ID = re.compile(r"<airut\.([0-9a-f]{8})\.", re.IGNORECASE)
 SUBJECT_TAG = re.compile(r"\[ID:([0-9a-f]{8})\]", re.IGNORECASE)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes, as Python keeps them
 MODEL_HINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Where clients put the quoted thread in HTML.
@@ -39,6 +49,22 @@ ATTRIBUTION = re.compile(r"(wrote|schrieb|a écrit|escribió|scrisse|kirjoitti)\
 OUTLOOK_SEPARATOR = re.compile(
     r"^(-{2,}\s*Original Message\s*-{2,}|_{20,})\s*$", re.IGNORECASE | re.MULTILINE)
 OUTLOOK_HEADER = re.compile(r"^From: .+\n(Sent|Date): .+$", re.MULTILINE)
+
+# Bounds on the work one message may cause (see the module's docstring).
+MAX_MIME_DEPTH = 16
+MAX_MIME_PARTS = 500
+MAX_ATTACHMENTS = 100
+MAX_TEXT_CHARS = 1_000_000  # of the body, before any processing; the rest is cut, noted
+MAX_HTML_DEPTH = 40  # markdownify recurses per level: deeper tags are unwrapped
+MAX_QUOTE_DEPTH = 8  # markdownify's work grows with the nesting of blockquotes
+MAX_HTML_TAGS = 50_000  # beyond this, plain text only (get_text is linear)
+MAX_NAME_BYTES = 200  # of an attachment's name in UTF-8 (file systems allow 255)
+MAX_SUBJECT_CHARS = 500
+MAX_REFERENCES = 30  # the newest ids of References are kept
+
+
+class TooComplex(Permanent):
+    """The message is beyond what airut reads; it is quarantined, not retried."""
 
 
 @dataclass
@@ -83,18 +109,54 @@ def load(raw: bytes) -> EmailMessage:
 
 
 def parse(msg: EmailMessage, max_attachment_bytes: int) -> ParsedMail:
+    check_structure(msg)
     notes: list[str] = []
     parsed = ParsedMail(
-        message_id=header(msg, "Message-ID") or None,
-        subject=" ".join(header(msg, "Subject").split()),
+        message_id=message_id(msg),
+        subject=subject(msg),
         text=body_text(msg, notes),
-        in_reply_to=_ids(header(msg, "In-Reply-To")),
-        references=_ids(header(msg, "References")),
+        in_reply_to=message_ids(header(msg, "In-Reply-To"))[:MAX_REFERENCES],
+        references=message_ids(header(msg, "References"))[-MAX_REFERENCES:],
         recipients=[a for h in ("To", "Cc", "Delivered-To") for a in _addresses(msg, h)],
     )
     parsed.attachments = attachments(msg, max_attachment_bytes, notes)
     parsed.notes = notes
     return parsed
+
+
+def check_structure(msg: EmailMessage) -> None:
+    """Walk the MIME tree without recursion; TooComplex beyond the limits."""
+    parts = 0
+    stack = [(msg, 1)]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if parts > MAX_MIME_PARTS:
+            raise TooComplex(f"more than {MAX_MIME_PARTS} MIME parts")
+        if depth > MAX_MIME_DEPTH:
+            raise TooComplex(f"MIME parts nested more than {MAX_MIME_DEPTH} deep")
+        if part.is_multipart():
+            stack.extend((p, depth + 1) for p in part.get_payload())
+
+
+def subject(msg: EmailMessage) -> str:
+    return " ".join(header(msg, "Subject").split())[:MAX_SUBJECT_CHARS]
+
+
+def message_id(msg: EmailMessage) -> str | None:
+    """The message's id as `<...>`, or None when it has no usable one."""
+    ids = message_ids(header(msg, "Message-ID"))
+    return ids[0] if ids else None
+
+
+def raw_headers(msg: EmailMessage, name: str) -> list[str]:
+    """The unparsed values of a header, unfolded.
+
+    The default policy's header parser raises on inputs such as `From: "`; the
+    callers here parse these values themselves, with parsers that do not.
+    """
+    return [re.sub(r"\r?\n(?=[ \t])", "", str(v)).strip()
+            for k, v in msg.raw_items() if k.lower() == name.lower()]
 
 
 def header(msg: EmailMessage, name: str) -> str:
@@ -105,8 +167,8 @@ def header(msg: EmailMessage, name: str) -> str:
     return str(value).strip() if value is not None else ""
 
 
-def _ids(value: str) -> list[str]:
-    return re.findall(r"<[^<>\s]+>", value)
+def message_ids(value: str) -> list[str]:
+    return re.findall(r"<[!-;=?-~]{1,250}>", value)  # printable ASCII, no < or >
 
 
 def _addresses(msg: EmailMessage, name: str) -> list[str]:
@@ -123,6 +185,9 @@ def body_text(msg: EmailMessage, notes: list[str]) -> str:
     if part is None:
         return ""
     content = _decode(part, notes)
+    if len(content) > MAX_TEXT_CHARS:
+        notes.append(f"the message text was cut after {MAX_TEXT_CHARS} characters")
+        content = content[:MAX_TEXT_CHARS]
     if part.get_content_subtype() == "html":
         return html_to_text(content)
     return plain_without_quote(content)
@@ -131,7 +196,7 @@ def body_text(msg: EmailMessage, notes: list[str]) -> str:
 def _decode(part: EmailMessage, notes: list[str]) -> str:
     try:
         return part.get_content()
-    except (LookupError, UnicodeDecodeError) as e:
+    except Exception as e:  # an unknown charset, undecodable bytes, a broken encoding
         charset = part.get_content_charset() or "unknown"
         notes.append(f"the text was in charset {charset!r}, which could not be decoded "
                      f"exactly ({e.__class__.__name__}); some characters may be wrong")
@@ -143,61 +208,99 @@ def html_to_text(html: str) -> str:
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(["script", "style", "head", "title"]):
         tag.decompose()
+    if len(soup.find_all(limit=MAX_HTML_TAGS + 1)) > MAX_HTML_TAGS:
+        return _tidy(soup.get_text("\n"))
+    _flatten(soup)
     removed = _remove_trailing_quotes(soup)
     text = markdownify(str(soup), heading_style="ATX", bullets="-", strip=["img"])
     text = _tidy(text)
     return f"{text}\n\n{QUOTE_REMOVED}".strip() if removed else text
 
 
+def _flatten(soup: BeautifulSoup) -> None:
+    """Unwrap tags nested deeper than MAX_HTML_DEPTH, or blockquotes deeper than
+    MAX_QUOTE_DEPTH: their content stays, in a shallower tree."""
+    too_deep: list[Tag] = []
+    stack: list[tuple[Tag, int, int]] = [(soup, 0, 0)]
+    while stack:
+        node, depth, quotes = stack.pop()
+        for child in node.children:
+            if isinstance(child, Tag):
+                q = quotes + (child.name == "blockquote")
+                if depth + 1 > MAX_HTML_DEPTH or q > MAX_QUOTE_DEPTH:
+                    too_deep.append(child)
+                    stack.append((child, depth, quotes))  # its children take its place
+                else:
+                    stack.append((child, depth + 1, q))
+    for tag in too_deep:
+        tag.unwrap()
+
+
 def _remove_trailing_quotes(soup: BeautifulSoup) -> bool:
     """Drop quote containers with nothing of the sender's after them."""
-    removed = False
-    for cut in [c for sel in CUT_SELECTORS for c in soup.select(sel)][:1]:
-        hr = cut.find_previous_sibling("hr")
-        if hr is not None and not _text_between(hr, cut):
-            hr.decompose()
-        for node in [*cut.find_all_next(), *cut.find_next_siblings()]:
-            if not node.decomposed and cut not in node.parents:
-                node.decompose()
-        cut.decompose()
-        removed = True
-    quotes = [q for sel in QUOTE_SELECTORS for q in soup.select(sel)]
-    for quote in sorted(quotes, key=_position, reverse=True):
-        if quote.decomposed or _text_after(quote):
-            continue  # an inline reply follows: keep the quote
-        attribution = quote.find_previous_sibling()
-        if isinstance(attribution, Tag) and (
-                "moz-cite-prefix" in (attribution.get("class") or [])
-                or ATTRIBUTION.search(attribution.get_text(" ", strip=True))):
-            attribution.decompose()
-        hr = quote.find_previous_sibling("hr")
-        if hr is not None and not _text_between(hr, quote):
-            hr.decompose()
+    removed = _cut_outlook_history(soup)
+    # One numbering of the document in order, so that "is there text after this
+    # quote?" is a binary search, not a walk.
+    order: dict[int, int] = {}
+    texts: list[int] = []  # positions of strings that are not blank
+    for i, node in enumerate(soup.descendants):
+        order[id(node)] = i
+        if isinstance(node, NavigableString) and node.strip():
+            texts.append(i)
+    outer: list[tuple[Tag, int, int]] = []  # outermost quotes, with their first/last position
+    end = -1
+    for quote in soup.select(", ".join(QUOTE_SELECTORS)):
+        start = order[id(quote)]
+        if start <= end:
+            continue  # inside an earlier quote
+        end = start + sum(1 for _ in quote.descendants)
+        outer.append((quote, start, end))
+    limit = len(order)  # from here on, everything was removed
+    for quote, start, end in reversed(outer):
+        k = bisect.bisect_right(texts, end)
+        if k < len(texts) and texts[k] < limit:
+            break  # the sender wrote something after it: an inline reply; earlier ones stay
+        limit = start
+        before = _previous_tag(quote)
+        if before is not None and (
+                "moz-cite-prefix" in (before.get("class") or [])
+                or ATTRIBUTION.search(before.get_text(" ", strip=True)[-200:])):
+            limit = order[id(before)]
+            before.decompose()
+            before = _previous_tag(quote)
+        if before is not None and before.name == "hr":
+            limit = order[id(before)]
+            before.decompose()
         quote.decompose()
         removed = True
     return removed
 
 
-def _position(tag: Tag) -> int:
-    return len(list(tag.find_all_previous()))
+def _cut_outlook_history(soup: BeautifulSoup) -> bool:
+    """Outlook's header block starts the old message: cut everything from there."""
+    cut = next((c for c in (soup.select_one(sel) for sel in CUT_SELECTORS) if c), None)
+    if cut is None:
+        return False
+    before = _previous_tag(cut)
+    if before is not None and before.name == "hr":
+        before.decompose()
+    following = [n for n in cut.find_all_next() if cut not in n.parents]
+    following += cut.find_next_siblings()
+    for node in following:
+        if not node.decomposed:
+            node.decompose()
+    cut.decompose()
+    return True
 
 
-def _text_after(tag: Tag) -> bool:
-    for node in tag.find_all_next(string=True):
-        if tag in node.parents:
-            continue
-        if node.strip():
-            return True
-    return False
-
-
-def _text_between(first: Tag, second: Tag) -> bool:
-    for node in first.find_all_next(string=True):
-        if second in node.parents or node is second:
-            break
-        if node.strip():
-            return True
-    return False
+def _previous_tag(node: Tag) -> Tag | None:
+    """The sibling tag right before node, with only white space in between."""
+    prev = node.previous_sibling
+    while prev is not None and not isinstance(prev, Tag):
+        if str(prev).strip():
+            return None
+        prev = prev.previous_sibling
+    return prev
 
 
 def plain_without_quote(text: str) -> str:
@@ -239,7 +342,14 @@ def attachments(msg: EmailMessage, max_bytes: int, notes: list[str]) -> list[Att
     names: set[str] = set()
     total = 0
     for part in msg.iter_attachments():
-        name = safe_name(part.get_filename() or "", names)
+        if len(saved) >= MAX_ATTACHMENTS:
+            notes.append(f"only the first {MAX_ATTACHMENTS} attachments were saved")
+            break
+        try:
+            raw_name = part.get_filename() or ""
+        except Exception:  # a parameter the header parser cannot make sense of
+            raw_name = ""
+        name = safe_name(raw_name, names)
         try:
             data = part.get_payload(decode=True) or b""
         except Exception:
@@ -256,15 +366,24 @@ def attachments(msg: EmailMessage, max_bytes: int, notes: list[str]) -> list[Att
 
 
 def safe_name(raw: str, taken: set[str]) -> str:
-    """A plain file name: no directories, no hidden files, no control characters."""
+    """A plain file name: no directories, no hidden files, no control characters,
+    valid UTF-8, at most MAX_NAME_BYTES bytes (the extension is kept)."""
+    raw = LONE_SURROGATE.sub("\ufffd", raw[:4096])
     name = unicodedata.normalize("NFC", raw).replace("\\", "/").split("/")[-1]
     name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
-    name = name.strip().lstrip(".").strip()[:120] or "attachment"
-    if name in taken:
-        stem, dot, ext = name.rpartition(".")
-        stem, ext = (stem, f".{ext}") if dot and stem else (name, "")
-        n = 1
-        while f"{stem}-{n}{ext}" in taken:
-            n += 1
-        name = f"{stem}-{n}{ext}"
+    name = name.strip().lstrip(".").strip() or "attachment"
+    stem, dot, ext = name.rpartition(".")
+    stem, ext = (stem, f".{ext}") if dot and stem and len(ext) <= 16 else (name, "")
+    name = _fit(stem, ext, "")
+    n = 1
+    while name in taken:
+        name = _fit(stem, ext, f"-{n}")
+        n += 1
     return name
+
+
+def _fit(stem: str, ext: str, suffix: str) -> str:
+    """stem + suffix + ext, the stem cut (at a character boundary) to fit the bytes."""
+    room = MAX_NAME_BYTES - len(f"{suffix}{ext}".encode())
+    cut = stem.encode()[:max(room, 1)].decode("utf-8", "ignore") or "attachment"
+    return f"{cut}{suffix}{ext}"

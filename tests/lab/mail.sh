@@ -80,6 +80,7 @@ cat > "$ROOT/etc/dovecot/lab-users" <<'USERS'
 airut@corp.test:{PLAIN}airut-pass
 alice@corp.test:{PLAIN}alice-pass
 bob@corp.test:{PLAIN}bob-pass
+carol@corp.test:{PLAIN}carol-pass
 USERS
 chmod 640 "$ROOT/etc/dovecot/lab-users"
 chgrp "$(awk -F: '$1=="dovecot"{print $3}' "$ROOT/etc/group")" "$ROOT/etc/dovecot/lab-users"

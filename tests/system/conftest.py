@@ -26,7 +26,8 @@ def lab():
         # Break-glass: no proxy; the agent talks to the demo model's plain port directly.
         mail={"email": {
             "address": "airut@corp.test", "trusted_authserv_id": "mx.corp.test",
-            "authorized_senders": ["alice@corp.test", "*@partner.test"],
+            "authorized_senders": ["alice@corp.test", "carol@corp.test", "*@partner.test"],
+            "max_message_bytes": "1M",
             # STARTTLS and authentication both ways, against the lab CA.
             "imap": {"host": "mx.corp.test", "port": 143, "security": "starttls",
                      "username": "airut@corp.test", "password": "airut-pass",

@@ -133,9 +133,9 @@ class Lab:
                    "s.sendmail(sys.argv[1], [sys.argv[2]], open(sys.argv[3], 'rb').read()); "
                    "s.quit()", sender, recipient, f"/srv/{name}")
 
-    def mailbox(self, user: str, password: str) -> list[bytes]:
-        """Every message in a lab user's INBOX, oldest first (read over IMAP)."""
-        out = self.guest("python3", "-c", MAILBOX_DUMP, user, password).stdout
+    def mailbox(self, user: str, password: str, folder: str = "INBOX") -> list[bytes]:
+        """Every message in a lab user's folder, oldest first (read over IMAP)."""
+        out = self.guest("python3", "-c", MAILBOX_DUMP, user, password, folder).stdout
         return [base64.b64decode(line) for line in out.split()]
 
     # -- the demo model -------------------------------------------------------------
@@ -193,7 +193,8 @@ MAILBOX_DUMP = """
 import base64, imaplib, sys
 m = imaplib.IMAP4("127.0.0.1", 143)
 m.login(sys.argv[1], sys.argv[2])
-m.select("INBOX", readonly=True)
+if m.select(sys.argv[3], readonly=True)[0] != "OK":
+    sys.exit(0)  # no such folder: no messages
 for num in m.search(None, "ALL")[1][0].split():
     print(base64.b64encode(m.fetch(num, "(BODY.PEEK[])")[1][0][1]).decode())
 """

@@ -190,16 +190,16 @@ def test_plain_quotes_and_inline_replies():
     assert parse.plain_without_quote(outlook) == "Fine.\n\n[quoted text removed]"
 
 
-def test_reply_is_threaded_with_both_parts_and_attachments(tmp_path):
-    (tmp_path / "result.csv").write_text("a,b\n")
+def test_reply_is_threaded_with_both_parts_and_attachments():
     thread = compose.Thread(to="alice@corp.test", subject="Re: Re: [ID:0a1b2c3d] Bug",
                             message_id="<m2@corp.test>", references=["<m1@corp.test>"])
     record = ReplyRecord(task_id="t1", conversation_id="0a1b2c3d", repo="demo",
                          channel="email-demo", reply_to=thread.dumps(),
                          text="Fixed in `main`.\n\n- one\n- two", outcome="success",
-                         attachments=["result.csv"], attachments_dir=str(tmp_path))
-    msg = email.message_from_bytes(bytes(compose.reply("airut@corp.test", record)),
-                                   policy=email.policy.default)
+                         attachments=["result.csv"])
+    composed = compose.reply("airut@corp.test", record, compose.Thread.loads(record.reply_to),
+                             [("result.csv", b"a,b\n")], [])
+    msg = email.message_from_bytes(bytes(composed), policy=email.policy.default)
     assert msg["Subject"] == "Re: [ID:0a1b2c3d] Bug"
     assert msg["In-Reply-To"] == "<m2@corp.test>"
     assert msg["References"] == "<m1@corp.test> <m2@corp.test>"

@@ -281,3 +281,18 @@ def test_prompt_too_long_in_a_new_conversation_is_answered_not_retried(runner):
     spin(runner, lambda: reply_of(runner, task))
     assert reply_of(runner, task)["outcome"] == "prompt_too_long"
     assert len(runner.ctx.systemd.started) == 1  # no second run
+
+
+def test_messages_of_two_channels_never_merge(runner):
+    first = submit(runner)
+    spin(runner, lambda: unit_of(runner, first))
+    end_unit(runner, first, events=[RESULT])
+    spin(runner, lambda: reply_of(runner, first))
+    cid = reply_of(runner, first)["conversation_id"]
+    by_mail = TaskRecord(repo="demo", channel="email-demo", reply_to="{}", sender="a@x",
+                         text="by mail", conversation_id=cid)
+    runner.ctx.spool.incoming.put(by_mail.task_id, by_mail.to_dict())
+    local = submit(runner, conversation_id=cid)
+    spin(runner, lambda: unit_of(runner, by_mail.task_id))
+    assert runner.ctx.spool.incoming.exists(local)  # waits for the conversation's next task
+    assert not runner.ctx.state(by_mail.task_id).get("merged")
