@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.common import booted
 from tests.system.lab import Lab, base_config
-from tests.system.test_email import MX, signed
+from tests.system.test_email import ANSWERED, MX, QUARANTINED, REJECTED, poison_mails, signed
 
 SENDERS = {"alice@corp.test": "alice-pass", "bob@corp.test": "bob-pass"}
 DAEMONS = ("airut-email@chaos.service", "airut-runner.service", "airut-proxy.service")
@@ -45,9 +45,10 @@ class Mail:
     token: str
     sender: str
     message_id: str
-    kind: str  # new | follow-up | attachment | poison
+    kind: str  # new | follow-up | attachment | hostile (answered) | quarantine | reject
     sent: float = 0.0
     replies: list = field(default_factory=list)
+    raw: bytes = b""
 
 
 def config() -> dict:
@@ -60,26 +61,20 @@ def config() -> dict:
         "smtp": {"host": "mx.corp.test", "port": 587, "security": "starttls",
                  "username": "airut@corp.test", "password": "airut-pass",
                  "ca_file": "/etc/airut/lab-tls/ca.pem"},
-        "retry_delay": 1}})
+        "retry_delay": 1, "max_message_bytes": "1M"}})
     cfg["execution"]["max_concurrent"] = 4
     return cfg
 
 
-def poison_mails(key: bytes, sender: str) -> list[tuple[str, bytes]]:
-    """Mail that crashed or stalled the channel before: each must be set aside."""
+def poison() -> list[Mail]:
+    """Mail that crashed or stalled the channel before: some must now be answered, some
+    quarantined, some rejected (tests/system/test_email.py has the same set)."""
     out = []
-    deep = "<div>" * 400 + "deep" + "</div>" * 400
-    quotes = '<blockquote type="cite">q</blockquote>' * 5000
-    for name, body, extra in [
-        ("html-deep", deep, {}), ("quotes", quotes, {}),
-        ("cjk-name", "see attachment", {"attachments": {"文" * 90 + ".txt": b"x"}})]:
-        raw, mid = signed(key, sender, f"poison {name}", body, **extra)
-        if name != "cjk-name":
-            raw = raw.replace(b"Content-Type: text/plain", b"Content-Type: text/html")
-        out.append((mid, raw))
-    for name, header in [("quote-from", b'From: "'), ("bracket-from", b"From: a@[")]:
-        raw, mid = signed(key, sender, f"poison {name}", "x")
-        out.append((mid, raw.replace(f"From: {sender}".encode(), header, 1)))
+    for name, (raw, message_id) in poison_mails().items():
+        kind = ("hostile" if name in ANSWERED else "quarantine" if name in QUARANTINED
+                else "reject")
+        assert kind != "reject" or name in REJECTED
+        out.append(Mail(name, "alice@corp.test", message_id, kind, raw=raw))
     return out
 
 
@@ -127,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     with booted(config()) as lab:
         marker = lab.scenario("chaos", [{"tool": "Bash", "input": {"command": "sleep 2"}},
                                         {"text": "answered: {prompt}"}])
-        poison = poison_mails(key, "alice@corp.test")
-        n_good = args.mails - len(poison)
+        bad = poison()
+        n_good = args.mails - len(bad)
         mails: list[Mail] = []
         started = time.monotonic()
         chaos = Chaos(lab, args.kill_every, rng, restart_at=60)
@@ -143,21 +138,23 @@ def main(argv: list[str] | None = None) -> int:
             raw, mid = signed(key, sender, f"chaos {i}", f"{marker} {token}", **extra)
             lab.send_mail(raw, sender)
             mails.append(Mail(token, sender, mid, kind, time.monotonic()))
-            if i % 37 == 5 and poison:
-                pmid, praw = poison.pop()
-                lab.send_mail(praw, "alice@corp.test")
-                mails.append(Mail("", "alice@corp.test", pmid, "poison", time.monotonic()))
+            if i % 17 == 5 and bad:
+                mail = bad.pop()
+                lab.send_mail(mail.raw, mail.sender)
+                mail.sent = time.monotonic()
+                mails.append(mail)
             if i % 3 == 2 and follow_ups_wanted:
                 follow_ups_wanted -= _follow_up(lab, key, mails, marker, rng)
-        for pmid, praw in poison:
-            lab.send_mail(praw, "alice@corp.test")
-            mails.append(Mail("", "alice@corp.test", pmid, "poison", time.monotonic()))
+        for mail in bad:
+            lab.send_mail(mail.raw, mail.sender)
+            mail.sent = time.monotonic()
+            mails.append(mail)
         while follow_ups_wanted > 0 and time.monotonic() - started < 300:
             sent = _follow_up(lab, key, mails, marker, rng)
             follow_ups_wanted -= sent
             if not sent:
                 time.sleep(2)
-        good = [m for m in mails if m.kind != "poison"]
+        good = [m for m in mails if m.kind not in ("quarantine", "reject")]
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             _collect(lab, good)
@@ -204,35 +201,38 @@ def _collect(lab: Lab, good: list[Mail]) -> None:
 
 
 def _report(lab: Lab, mails: list[Mail], chaos: Chaos, wall: float) -> int:
-    good = [m for m in mails if m.kind != "poison"]
-    poison = [m for m in mails if m.kind == "poison"]
+    good = [m for m in mails if m.kind not in ("quarantine", "reject")]
     replied = sum(1 for m in good if len(m.replies) == 1)
     duplicated = sum(1 for m in good if len(m.replies) > 1)
     lost = [m for m in good if not m.replies]
-    failed_dir = lab.spool / "failed" / "email-chaos"
-    aside = " ".join(p.read_text() for p in failed_dir.glob("*.json")) if \
-        failed_dir.is_dir() else ""
+    records = " ".join(p.read_text() for p in
+                       (lab.spool / "failed" / "email-chaos").glob("message-*.json"))
+    quarantine = [m for m in mails if m.kind == "quarantine"]
+    quarantined = [m for m in quarantine if m.message_id in records]
     journal = lab.journal("-u", "airut-email@chaos")
-    quarantined = [m for m in poison if m.message_id in aside
-                   or re.search(re.escape(m.message_id) + r".*(quarantin|set aside)", journal)]
+    reject = [m for m in mails if m.kind == "reject"]
+    rejected = [m for m in reject if re.search(
+        r"rejected mail from \S+ \(malformed\).*'poison " + re.escape(m.token) + "'", journal)]
     left = {stage: len(list((lab.spool / stage).glob("*.json")))
             for stage in ("incoming", "active")}
     units = lab.task_units()
     networks = [n for n in lab.guest("podman", "network", "ls", "--format",
                                      "{{.Name}}").stdout.split() if n.startswith("airut-")]
     kinds = {k: sum(1 for m in mails if m.kind == k) for k in
-             ("new", "follow-up", "attachment", "poison")}
+             ("new", "follow-up", "attachment", "hostile", "quarantine", "reject")}
     print(json.dumps({"sent": len(mails), "kinds": kinds, "good": len(good),
                       "replied_once": replied, "duplicated": duplicated, "lost": len(lost),
-                      "poison": len(poison), "quarantined": len(quarantined),
+                      "quarantined": f"{len(quarantined)}/{len(quarantine)}",
+                      "rejected": f"{len(rejected)}/{len(reject)}",
                       "left_in_spool": left, "task_units_left": len(units),
                       "task_networks_left": len(networks), "kills": chaos.kills,
                       "target_restarted": chaos.restarted, "wall_s": round(wall, 1)},
                      indent=1))
     for m in lost[:10]:
         print(f"lost: {m.kind} {m.token} {m.message_id}", file=sys.stderr)
-    ok = (replied == len(good) and not duplicated and len(quarantined) == len(poison)
-          and not any(left.values()) and not units and not networks)
+    ok = (replied == len(good) and not duplicated and len(quarantined) == len(quarantine)
+          and len(rejected) == len(reject) and not any(left.values()) and not units
+          and not networks)
     return 0 if ok else 1
 
 

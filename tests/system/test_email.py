@@ -24,6 +24,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from airut_core.records import TaskRecord
+from airut_core.spool import Stage
+from airut_ingest.email.compose import Thread
+
 ALICE = ("alice@corp.test", "alice-pass")
 CAROL = ("carol@corp.test", "carol-pass")
 AIRUT = ("airut@corp.test", "airut-pass")
@@ -261,12 +265,16 @@ def test_killed_between_commit_and_removal_after_a_merge_makes_no_second_task(la
         lab.send_mail(follow, "alice@corp.test")
         wait_until(lambda: "between commit and removal" in lab.journal("-u", "airut-email@mail"),
                    30, "the daemon to pause before the removal")
-        # A newer message of the conversation (from the local channel): the runner merges
-        # the paused one into it when the first task ends.
-        local = lab.guest("airut", "submit", "--no-wait", "--conversation", conv,
-                          "[[scenario:echo]] local follow-up").stdout.strip()
-        reply = lab.wait_reply(local, timeout=90)
-        assert reply["merged_task_ids"], reply  # the paused message's task is gone: merged
+        # A newer message of the conversation, as this channel would commit it (the
+        # daemon is held in the pause): the runner merges the paused one into it when
+        # the first task ends, and the paused message's record is gone from the spool.
+        newer = TaskRecord(repo="mail", channel="email-mail", sender="alice@corp.test",
+                           text="[[scenario:echo]] newer follow-up", conversation_id=conv,
+                           reply_to=Thread(to="alice@corp.test", subject=ack["Subject"],
+                                           message_id=make_msgid(domain="corp.test")).dumps())
+        Stage(lab.spool / "incoming").put(newer.task_id, newer.to_dict())
+        wait_until(lambda: "merging 1 earlier messages" in lab.journal(
+            f"AIRUT_TASK={newer.task_id}"), 90, "the runner to merge the paused message")
         lab.guest("systemctl", "kill", "--signal=KILL", "airut-email@mail")
     finally:
         drop_seam(lab)
