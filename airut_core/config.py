@@ -148,6 +148,9 @@ class ExecutionConfig:
     max_concurrent: Annotated[int, Range(min=1)] = 3
     retry_delay: Annotated[float, Range(min=0)] = 10.0  # before retrying a failed start
     stop_grace: Annotated[int, Range(min=1)] = 10  # SIGTERM to SIGKILL, seconds
+    # A prepared task waits this long for the proxy and the firewall (a restart takes
+    # seconds) before it is given up and its sender told why.
+    sandbox_wait: Annotated[float, Range(min=0)] = 120.0
     reply_max_age_days: Annotated[float, Range(min=0.001)] = 7.0  # unclaimed local replies
     conversation_max_age_days: Annotated[float, Range(min=0.001)] = 7.0  # since last activity
     outbox_max_bytes: Annotated[int, Size] = 25 << 20  # files sent with one reply

@@ -69,6 +69,8 @@ class Context:
         self.preparing: dict[str, Future] = {}
         self.building: dict[str, Prepared] = {}  # waiting for their image
         self.running: dict[str, str] = {}  # task -> unit
+        # Prepared, waiting for the proxy and firewall to be in place: since when.
+        self.waiting_ready: dict[str, tuple[Prepared, float]] = {}
         self.finishing: dict[str, Future] = {}
         self.image_created: dict[str, float] = {}  # tag -> build time, a cache
         # Failures of a task's attempts (prepare, build, start, finish) count together;
@@ -84,11 +86,15 @@ class Context:
     # -- in flight ------------------------------------------------------------------
 
     def busy(self) -> set[str]:
-        return set(self.preparing) | set(self.building) | set(self.running) | set(self.finishing)
+        return self.holding() | set(self.finishing)
+
+    def holding(self) -> set[str]:
+        """Tasks that take one of execution.max_concurrent slots."""
+        return (set(self.preparing) | set(self.building) | set(self.waiting_ready)
+                | set(self.running))
 
     def has_slot(self) -> bool:
-        return len(set(self.preparing) | set(self.building) | set(self.running)) < \
-            self.cfg.execution.max_concurrent
+        return len(self.holding()) < self.cfg.execution.max_concurrent
 
     def submit(self, work: Callable, *args) -> Future:
         """Work for a worker thread; the loop wakes when it is done."""

@@ -106,7 +106,8 @@ class Runner:
                 self.reload_requested = False
                 self.reload()
             due = ctx.tasks.next_due()
-            if rung or now - last_scan >= SCAN_INTERVAL or (due is not None and due <= 0):
+            interval = 1.0 if ctx.waiting_ready else SCAN_INTERVAL  # the proxy is back soon
+            if rung or now - last_scan >= interval or (due is not None and due <= 0):
                 self.tick()
                 last_scan = now
             try:
@@ -143,6 +144,8 @@ class Runner:
             parts.append(f"{len(ctx.preparing)} preparing")
         if ctx.building:
             parts.append(f"{len(ctx.building)} waiting for an image")
+        if ctx.waiting_ready:
+            parts.append(f"{len(ctx.waiting_ready)} waiting for the network sandbox")
         parts.append(f"{len(ctx.spool.incoming.names())} waiting")
         aside = ctx.tasks.quarantined_total + ctx.records.quarantined_total
         if aside:
@@ -268,6 +271,8 @@ class Runner:
         for name, future in list(ctx.finishing.items()):
             if future.done():
                 self.step(name, finish.complete)
+        for name in list(ctx.waiting_ready):
+            self.step(name, start.retry_waiting)
 
     # -- what may start ----------------------------------------------------------------
 

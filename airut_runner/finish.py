@@ -50,6 +50,7 @@ def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
         invocation = marker.get("invocation_id")
     ctx.running.pop(name, None)
     ctx.building.pop(name, None)
+    ctx.waiting_ready.pop(name, None)
     ctx.finishing[name] = ctx.submit(summarize, ctx, name, exit,
                                      invocation if isinstance(invocation, str) else None)
 
@@ -156,6 +157,7 @@ def release(ctx: Context, name: str, cdir: Path | None) -> None:
     """What a task holds besides its records: its env file, policy and network."""
     ctx.building.pop(name, None)
     ctx.running.pop(name, None)
+    ctx.waiting_ready.pop(name, None)
     if cdir:
         (cdir / "tasks" / f"{name}.env").unlink(missing_ok=True)
     ctx.sandbox.remove_policy(name)

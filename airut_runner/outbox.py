@@ -58,7 +58,9 @@ def collect(outbox: Path, dest: Path, max_bytes: int) -> Collected:
                                     f"{format_bytes(max_bytes)} limit per reply; it stays in "
                                     "/outbox)")
             else:
-                dest.mkdir(mode=0o750, parents=True, exist_ok=True)
+                # Group access (the channel's default ACL, or its setgid group) lets the
+                # channel's own user read and, once sent, remove these files.
+                dest.mkdir(mode=0o770, parents=True, exist_ok=True)
                 used = _move(box, name, dest, max_bytes - total)
                 if used is not None:
                     total += (dest / used).stat().st_size
@@ -83,7 +85,7 @@ def _move(box: int, name: str, dest: Path, room: int) -> str | None:
             return None
         out = os.open(dest, DIR_FLAGS)
         try:
-            used, target = create_exclusive(out, safe_name(name), mode=0o640)
+            used, target = create_exclusive(out, safe_name(name), mode=0o660)
         finally:
             os.close(out)
         with os.fdopen(target, "wb") as dst:

@@ -44,6 +44,10 @@ NO_ALLOWLIST = (
     "example), or turn the sandbox off for this repository (network.sandbox: false)")
 
 
+class NotReady(RuntimeError):
+    """The proxy or the firewall is not in place right now (restarting, most likely)."""
+
+
 class SandboxError(ValueError):
     """The repository's sandbox settings cannot work: retrying will not help."""
 
@@ -89,7 +93,7 @@ class NetworkSandbox:
     def check_ready(self, proxy_state: str | None) -> None:
         """The proxy and the firewall must be up before a sandboxed task starts."""
         if proxy_state != "active":
-            raise RuntimeError(f"the network proxy ({PROXY_UNIT}) is not running, so the "
+            raise NotReady(f"the network proxy ({PROXY_UNIT}) is not running, so the "
                                "task cannot start safely; the operator should check "
                                f"`systemctl status {PROXY_UNIT}`")
         firewall = subprocess.run(["nft", "-j", "list", "table", "inet", "airut"],
@@ -97,11 +101,11 @@ class NetworkSandbox:
         problem = (firewall_problem(firewall.stdout) if firewall.returncode == 0
                    else "its table inet airut is not loaded")
         if problem:
-            raise RuntimeError(f"the airut firewall is not in place ({problem}; "
+            raise NotReady(f"the airut firewall is not in place ({problem}; "
                                "`systemctl restart airut-firewall.service` loads it), so "
                                "the task cannot start safely")
         if not Path(self.proxy.ca_cert).is_file():
-            raise RuntimeError(f"the proxy's CA certificate is missing at "
+            raise NotReady(f"the proxy's CA certificate is missing at "
                                f"{self.proxy.ca_cert} (proxy.ca_cert)")
 
     def write_policy(self, policy: PolicyRecord) -> None:

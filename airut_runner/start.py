@@ -8,12 +8,13 @@ the unit and read exactly this run's output.
 from __future__ import annotations
 
 import os
+import time
 
 from airut_core import paths
 from airut_core.spool import utc_now
 from airut_runner import container, units
-from airut_runner.context import Context, Prepared, resource
-from airut_runner.sandbox import PROXY_UNIT
+from airut_runner.context import Context, Prepared, Refused, resource
+from airut_runner.sandbox import PROXY_UNIT, NotReady
 
 EVENTS_KEEP = 64 << 20  # events.jsonl beyond this moves to events.1.jsonl before a run
 
@@ -21,7 +22,14 @@ EVENTS_KEEP = 64 << 20  # events.jsonl beyond this moves to events.1.jsonl befor
 def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     conv, image, policy = prepared.conversation, prepared.image, prepared.policy
     if policy:
-        ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+        try:
+            ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+        except NotReady as e:
+            if name not in ctx.waiting_ready:
+                ctx.log(name).warning("waiting for the network sandbox: %s", e)
+                ctx.waiting_ready[name] = (prepared, time.monotonic())
+            return
+    ctx.waiting_ready.pop(name, None)
     record, task = ctx.task(name)
     repo = ctx.cfg.repo(task.repo)
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
@@ -73,6 +81,23 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     ctx.log(name, task).info(
         "started unit %s (image %s, %s, model %s)", unit, image.tag,
         "resumed session" if conv.session_id else "new session", conv.model)
+
+
+def retry_waiting(ctx: Context, name: str) -> None:
+    """A task waiting for the sandbox: start it if it is in place now; give it up once
+    it has waited execution.sandbox_wait (the reply says what is missing)."""
+    prepared, since = ctx.waiting_ready[name]
+    if time.monotonic() - since <= ctx.cfg.execution.sandbox_wait:
+        start_unit(ctx, name, prepared)
+        return
+    ctx.waiting_ready.pop(name)
+    try:
+        ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+    except NotReady as e:
+        raise Refused(str(e), reply=f"airut could not run this task: {e}. It waited "
+                      f"{ctx.cfg.execution.sandbox_wait:g} s; send your message again once "
+                      "the operator has fixed it.") from e
+    start_unit(ctx, name, prepared)
 
 
 def rotate(events) -> None:

@@ -62,7 +62,7 @@ def config() -> dict:
                  "username": "airut@corp.test", "password": "airut-pass",
                  "ca_file": "/etc/airut/lab-tls/ca.pem"},
         "retry_delay": 1, "max_message_bytes": "1M"}})
-    cfg["execution"]["max_concurrent"] = 4
+    cfg["execution"].update(max_concurrent=4, sandbox_wait=60)
     return cfg
 
 
@@ -176,7 +176,8 @@ def _follow_up(lab: Lab, key: bytes, mails: list[Mail], marker: str,
     followed = {m.token.split(":")[0] for m in mails if m.kind == "follow-up"}
     for user in SENDERS:
         for msg in mailbox(lab, user):
-            origin = by_id.get(msg["In-Reply-To"])
+            origin = by_id.get(str(msg["In-Reply-To"] or "").split()[0] if msg["In-Reply-To"]
+                               else "")
             if origin is None or ACK not in body(msg) or origin.token in followed:
                 continue
             token = f"{origin.token}:f{rng.randrange(1 << 30):08x}"
@@ -195,9 +196,12 @@ def _collect(lab: Lab, good: list[Mail]) -> None:
         m.replies = []
     for user in SENDERS:
         for msg in mailbox(lab, user):
-            target = by_id.get(msg["In-Reply-To"])
-            if target is not None and ACK not in body(msg):
-                target.replies.append(msg)
+            if ACK in body(msg):
+                continue
+            # One mail may answer several merged messages of its sender: each a parent.
+            for parent in str(msg["In-Reply-To"] or "").split():
+                if parent in by_id:
+                    by_id[parent].replies.append(msg)
 
 
 def _report(lab: Lab, mails: list[Mail], chaos: Chaos, wall: float) -> int:

@@ -106,15 +106,19 @@ def reply_subject(original: str, conversation_id: str | None) -> str:
     return f"Re: {tag}{bare}".rstrip()
 
 
-def _headers(msg: EmailMessage, address: str, thread: Thread, conversation: str | None) -> None:
+def _headers(msg: EmailMessage, address: str, thread: Thread, conversation: str | None,
+             also: list[str] | None = None) -> None:
     msg["From"] = address
     msg["To"] = thread.to
     msg["Subject"] = reply_subject(thread.subject, conversation)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = new_message_id(conversation, address)
     if thread.message_id:
-        msg["In-Reply-To"] = thread.message_id
-        msg["References"] = " ".join([*thread.references, thread.message_id])
+        # Several parents when one mail answers several merged messages (RFC 5322 3.6.4).
+        parents = list(dict.fromkeys([thread.message_id, *(also or [])]))
+        msg["In-Reply-To"] = " ".join(parents)
+        msg["References"] = " ".join(dict.fromkeys([*thread.references, *parents[1:],
+                                                    thread.message_id]))
     msg["Auto-Submitted"] = "auto-replied"
 
 
@@ -152,10 +156,12 @@ def _alternatives(msg: EmailMessage, text: str) -> None:
 
 
 def reply(address: str, reply: ReplyRecord, thread: Thread,
-          files: list[tuple[str, bytes]], notes: list[str]) -> EmailMessage:
-    """files: (plain name, content) to attach; notes: what could not be, said in the text."""
+          files: list[tuple[str, bytes]], notes: list[str],
+          also: list[str] | None = None) -> EmailMessage:
+    """files: (plain name, content) to attach; notes: what could not be, said in the text;
+    also: the Message-IDs of the sender's other messages this mail answers."""
     msg = EmailMessage()
-    _headers(msg, address, thread, reply.conversation_id)
+    _headers(msg, address, thread, reply.conversation_id, also)
     text = reply.text
     if notes:
         text += "\n\n" + "\n".join(f"[airut: {n}]" for n in notes)

@@ -383,10 +383,10 @@ class EmailChannel:
             raise Permanent(str(e)) from e
         mails = self.recipients(name, reply)
         files, notes = self._reply_files(name, reply)
-        for key, thread in mails:
+        for key, thread, also in mails:
             if (self.sent / key).exists() or self.deferred.exists(key):
                 continue  # composed, or even sent, before a crash
-            msg = compose.reply(self.email.address, reply, thread, files, notes)
+            msg = compose.reply(self.email.address, reply, thread, files, notes, also)
             self.deferred.put(key, _pending(msg, key))
         self.outgoing.remove(name)
         self._remove_tree(self.outgoing.path / f"{name}.files")
@@ -394,9 +394,11 @@ class EmailChannel:
             self._remove_tree(self.attachments / task_id)
         # send_waiting goes on with deferred/, where these are due at once.
 
-    def recipients(self, name: str, reply: ReplyRecord) -> list[tuple[str, Thread]]:
-        """(sent-marker key, thread) for each distinct sender the reply answers: the
-        reply's own first, then those of merged tasks, each under its own message."""
+    def recipients(self, name: str, reply: ReplyRecord) -> list[tuple[str, Thread, list[str]]]:
+        """(sent-marker key, thread, the sender's other messages it answers) for each
+        distinct sender the reply answers: the reply's own first, then those of merged
+        tasks, each under its own message; one mail answers all of a sender's merged
+        messages (In-Reply-To names each of them)."""
         threads = [Thread.loads(reply.reply_to)]  # Unsendable: nobody to send it to
         for i, other in enumerate(reply.merged_reply_to):
             try:
@@ -404,14 +406,15 @@ class EmailChannel:
             except compose.Unsendable as e:  # a task of another channel, say
                 logger.warning("reply %s: merged task %d has no mail address (%s)", name,
                                i + 1, e)
-        seen: set[str] = set()
-        mails = []
+        mails: dict[str, tuple[str, Thread, list[str]]] = {}
         for i, thread in enumerate(threads):
-            if thread.to.lower() in seen:
+            address = thread.to.lower()
+            if address in mails:
+                if thread.message_id:
+                    mails[address][2].append(thread.message_id)
                 continue
-            seen.add(thread.to.lower())
-            mails.append((name if i == 0 else f"{name}+{i}", thread))
-        return mails
+            mails[address] = (name if i == 0 else f"{name}+{i}", thread, [])
+        return list(mails.values())
 
     def _reply_files(self, name: str, reply: ReplyRecord) -> tuple[list[tuple[str, bytes]],
                                                                      list[str]]:

@@ -226,6 +226,7 @@ def base_config(**repos: dict) -> dict:
         # One API retry: the failure scenarios answer in a second, not in minutes.
         "agent": {"env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
         "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5,
+                      "sandbox_wait": 5,
                       "outbox_max_bytes": "1M"},
         "repos": {name: {**default_repo, **settings} for name, settings in repos.items()},
     }

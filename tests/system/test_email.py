@@ -77,7 +77,7 @@ def wait_for_mail(lab, count: int, timeout: float = 90) -> list[email.message.Em
 
 
 def replies_to(messages, message_id: str) -> list:
-    return [m for m in messages if m["In-Reply-To"] == message_id]
+    return [m for m in messages if message_id in str(m["In-Reply-To"] or "").split()]
 
 
 def test_mail_becomes_a_task_and_the_reply_comes_back_threaded(lab, dkim_key):
@@ -564,3 +564,18 @@ def test_reply_html_fetches_nothing_and_shows_where_links_go(lab, dkim_key):
     assert "https://attacker.test/pixel?d=SECRET-1" in text  # shown, never fetched
     [docs] = [a for a in soup.find_all("a") if "docs" in a.get_text()]
     assert docs["href"] == "https://docs.example.test/page"
+
+
+def test_outbox_files_go_out_by_mail_and_leave_the_spool(lab, dkim_key):
+    marker = lab.scenario("mail-outbox", [
+        {"tool": "Bash", "input": {"command": "printf 'report body' > /outbox/report.txt"}},
+        {"text": "see the attached report"}])
+    raw, message_id = signed(dkim_key, "alice@corp.test", "outbox", f"{marker} write it")
+    lab.send_mail(raw, "alice@corp.test")
+    [reply] = wait_until(lambda: [m for m in replies_to(lab_mail(lab), message_id)
+                                  if "attached report" in text_of(m)], 120, "the reply")
+    files = {part.get_filename(): part.get_content() for part in reply.iter_attachments()}
+    assert files == {"report.txt": b"report body"} or files == {"report.txt": "report body"}
+    # The channel's own user removes what the runner (root) left in its stage.
+    wait_until(lambda: not list((lab.spool / "outgoing/email-mail").glob("*.files")), 30,
+               "the reply's files to leave the spool")

@@ -389,3 +389,17 @@ def test_the_runner_can_write_only_airuts_own_directories(lab):
         assert denied.returncode != 0, path
     for path in ("/var/lib/airut/probe", "/var/spool/airut/probe"):
         lab.guest("nsenter", "-t", pid, "-m", "sh", "-c", f"touch {path} && rm {path}")
+
+
+def test_a_task_waits_out_a_proxy_restart(lab):
+    lab.guest("systemctl", "stop", "airut-proxy.service")
+    try:
+        task = lab.submit_no_wait("[[scenario:echo]] after the restart", repo="demo")
+        deadline = time.monotonic() + 30
+        while "waiting for the network sandbox" not in lab.journal(f"AIRUT_TASK={task}"):
+            assert time.monotonic() < deadline, "the task never waited for the proxy"
+            time.sleep(0.2)
+    finally:
+        lab.guest("systemctl", "start", "airut-proxy.service")
+    reply = lab.wait_reply(task)
+    assert reply["outcome"] == "success", reply  # a restart is no reason to fail a task

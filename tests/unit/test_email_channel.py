@@ -256,6 +256,11 @@ def test_merged_messages_from_several_senders_each_get_the_reply_once(channel, o
     assert sorted(m["To"] for m in outbox) == ["alice@corp.test", "carol@corp.test"]
     to_carol = next(m for m in outbox if m["To"] == "carol@corp.test")
     assert to_carol["In-Reply-To"] == "<c1@corp.test>"
+    # Alice's one mail answers both of her messages, each named as a parent.
+    to_alice = next(m for m in outbox if m["To"] == "alice@corp.test")
+    parents = to_alice["In-Reply-To"].split()
+    assert len(parents) == 2 and parents[1] == "<q0@corp.test>"
+    assert "<q0@corp.test>" in to_alice["References"]
     assert sorted(p.name for p in channel.sent.iterdir()) == ["t2", "t2+2"]
     # As after a crash: the reply record again, the mails already sent are not sent again.
     channel.outgoing.put("t2", reply_record("t2", merged_task_ids=["t0", "t1"],
