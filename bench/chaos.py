@@ -206,8 +206,13 @@ def _collect(lab: Lab, good: list[Mail]) -> None:
 
 def _report(lab: Lab, mails: list[Mail], chaos: Chaos, wall: float) -> int:
     good = [m for m in mails if m.kind not in ("quarantine", "reject")]
-    replied = sum(1 for m in good if len(m.replies) == 1)
-    duplicated = sum(1 for m in good if len(m.replies) > 1)
+    # A mail sent again after a crash between the SMTP server's acceptance and the
+    # sent-marker is the same message (the deferred copy, its Message-ID kept): mail
+    # systems that deduplicate by Message-ID show it once. Counted apart.
+    distinct = {id(m): {str(r["Message-ID"]) for r in m.replies} for m in good}
+    replied = sum(1 for m in good if len(distinct[id(m)]) == 1)
+    duplicated = sum(1 for m in good if len(distinct[id(m)]) > 1)
+    resent = sum(len(m.replies) - len(distinct[id(m)]) for m in good)
     lost = [m for m in good if not m.replies]
     records = " ".join(p.read_text() for p in
                        (lab.spool / "failed" / "email-chaos").glob("message-*.json"))
@@ -226,6 +231,7 @@ def _report(lab: Lab, mails: list[Mail], chaos: Chaos, wall: float) -> int:
              ("new", "follow-up", "attachment", "hostile", "quarantine", "reject")}
     print(json.dumps({"sent": len(mails), "kinds": kinds, "good": len(good),
                       "replied_once": replied, "duplicated": duplicated, "lost": len(lost),
+                      "same_mail_resent": resent,
                       "quarantined": f"{len(quarantined)}/{len(quarantine)}",
                       "rejected": f"{len(rejected)}/{len(reject)}",
                       "left_in_spool": left, "task_units_left": len(units),
