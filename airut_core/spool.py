@@ -60,41 +60,57 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None, mode: int = 0o640,
                  gid: int | None = None) -> None:
     """Write data to path so that readers see either nothing or all of it.
 
     The temporary file lives in tmp_dir (same filesystem as path), so a crash
-    leaves at most a stale file there, never a partial record at path.
+    leaves at most a stale file there, never a partial record at path. Both
+    directories are opened without following a link, and the file is made and
+    renamed through them: a stage's tmp/ may be writable by a less trusted user (a
+    channel's own stages), who must not be able to point root's write elsewhere.
     """
     tmp_dir = tmp_dir or path.parent
-    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    tmp = f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp_fd = os.open(tmp_dir, DIR_FLAGS)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if gid is not None:
-            os.chown(tmp, -1, gid)  # before the rename: readers never see it otherwise
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+        dir_fd = os.open(path.parent, DIR_FLAGS)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, mode, dir_fd=tmp_fd)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    if gid is not None:  # before the rename: readers never see it otherwise
+                        os.fchown(f.fileno(), -1, gid)
+                    os.fsync(f.fileno())
+                os.rename(tmp, path.name, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=tmp_fd)
+                raise
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(tmp_fd)
 
 
 def dump(record: dict) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
 
 
-def load(data: bytes, where: str) -> dict:
-    if len(data) > RECORD_MAX:
-        raise RecordError(f"{where}: larger than {RECORD_MAX} bytes")
+def load(data: bytes, where: str, max_bytes: int | None = None) -> dict:
+    limit = max_bytes or RECORD_MAX
+    if len(data) > limit:
+        raise RecordError(f"{where}: larger than {limit} bytes")
     try:
         record = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8, JSON, a 5,000-digit number
         raise RecordError(f"{where}: not valid JSON: {e}") from e
     if not isinstance(record, dict):
         raise RecordError(f"{where}: a record must be a JSON object")
@@ -134,7 +150,7 @@ class Stage:
     def exists(self, name: str) -> bool:
         return self.file(name).exists()
 
-    def read(self, name: str) -> dict:
+    def read(self, name: str, max_bytes: int | None = None) -> dict:
         """The record; FileNotFoundError if it is gone, RecordError if unreadable.
 
         Some stages are written by less trusted users than their readers (a channel's
@@ -149,7 +165,7 @@ class Stage:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RecordError(f"{path}: not a regular file")
-            return load(f.read(RECORD_MAX + 1), str(path))
+            return load(f.read((max_bytes or RECORD_MAX) + 1), str(path), max_bytes)
 
     def move_to(self, name: str, other: Stage, new_name: str | None = None) -> bool:
         """Rename a record into another stage: the claim. False if someone else won."""

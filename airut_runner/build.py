@@ -54,7 +54,8 @@ def collect(ctx: Context, build_name: str) -> Built:
     if ok:
         ctx.image_created[f"{images.REPO_IMAGE}:{build_name}"] = time.time()
     ctx.spool.builds.remove(build_name)
-    shutil.rmtree(ctx.state_dir / "builds" / build_name, ignore_errors=True)
+    for context in (ctx.state_dir / "builds").glob(f"{build_name}-*"):  # every task's copy
+        shutil.rmtree(context, ignore_errors=True)
     return Built(build_name, ok, invocation if isinstance(invocation, str) else None, waiters)
 
 

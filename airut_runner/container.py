@@ -71,6 +71,7 @@ class AgentRun:
     def argv(self) -> list[str]:
         cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--interactive",
                "--log-driver=none", "--pull=never", f"--name={self.container_name}",
+               f"--label=airut.task={self.container_name.removeprefix('airut-')}",
                f"--network={self.network}", "--workdir=/workspace",
                f"--env-file={self.env_file}",
                "--cap-drop=ALL", f"--cap-add={','.join(CAPABILITIES)}",

@@ -61,7 +61,10 @@ class Context:
         self.systemd = systemd
         self.podman = podman
         self.pool = ThreadPoolExecutor(max_workers=cfg.execution.max_concurrent + 1,
-                                       thread_name_prefix="worker")
+                                       thread_name_prefix="prepare")
+        # Endings have threads of their own: a slow one (a huge outbox) never holds up
+        # the preparation of other tasks, nor the other way round.
+        self.finish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
         self.sandbox = NetworkSandbox(cfg.proxy, podman.task_subnets)
         self.uids = uids.Pool(self.state_dir, cfg.agent.host_uid_base, cfg.agent.uid_ranges)
         self.bell: Doorbell | None = None
@@ -81,7 +84,6 @@ class Context:
         self.records = Guard("record", logger, delay=1.0)  # invalid ones: aside at once
         self.controls = Guard("stop request", logger, delay=1.0)
         self.builds = Guard("image build result", logger, delay=1.0)
-        self.stops: set[str] = set()  # units of tasks over their disk budget, stopping
 
     # -- in flight ------------------------------------------------------------------
 
@@ -96,9 +98,9 @@ class Context:
     def has_slot(self) -> bool:
         return len(self.holding()) < self.cfg.execution.max_concurrent
 
-    def submit(self, work: Callable, *args) -> Future:
+    def submit(self, work: Callable, *args, pool: ThreadPoolExecutor | None = None) -> Future:
         """Work for a worker thread; the loop wakes when it is done."""
-        future = self.pool.submit(work, *args)
+        future = (pool or self.pool).submit(work, *args)
         if self.bell:
             future.add_done_callback(lambda _: self.bell.ring())
         return future
@@ -124,8 +126,7 @@ class Context:
             return {}
 
     def state(self, name: str) -> dict:
-        state = self.peek(self.spool.active, name).get("state")
-        return state if isinstance(state, dict) else {}
+        return state_of(self.peek(self.spool.active, name))
 
     def conversation_of(self, name: str) -> str | None:
         cid = self.peek(self.spool.active, name).get("conversation_id")
@@ -138,6 +139,20 @@ class Context:
             return log.for_task(logger, name, cid if isinstance(cid, str) else None,
                                 repo if isinstance(repo, str) else None)
         return log.for_task(logger, name, task.conversation_id, task.repo)
+
+
+def state_of(record: dict) -> dict:
+    """A record's state (the runner's own notes), {} when it has none of the right kind."""
+    state = record.get("state")
+    return state if isinstance(state, dict) else {}
+
+
+def merged_of(record: dict) -> list[dict]:
+    """The earlier tasks a claimed record carries (written by the runner from checked
+    records); entries of the wrong shape are left out."""
+    merged = state_of(record).get("merged")
+    return [m for m in merged if isinstance(m, dict) and isinstance(m.get("task_id"), str)
+            and isinstance(m.get("reply_to"), str)] if isinstance(merged, list) else []
 
 
 def resource(name: str) -> str:

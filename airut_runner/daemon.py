@@ -53,7 +53,7 @@ from airut_runner import (
     units,
     workspace,
 )
-from airut_runner.context import Context, resource
+from airut_runner.context import Context, merged_of, resource
 from airut_runner.outcome import Exit
 from airut_runner.podman_api import Podman
 
@@ -79,6 +79,7 @@ class Runner:
             logger.error("cannot make the task containers' seccomp profile from podman's "
                          "default (%s): %s", container.PODMAN_SECCOMP, e)
         self.disk = disk.Watch(self.ctx)
+        self.incoming = claim.Waiting()
         self.stopping = False
         self.reload_requested = False
         self.status = ""
@@ -121,6 +122,7 @@ class Runner:
         notifier.notify("STOPPING=1")
         self.disk.close()
         ctx.pool.shutdown(wait=True, cancel_futures=True)
+        ctx.finish_pool.shutdown(wait=True, cancel_futures=True)
         ctx.bell.close()
 
     def tick(self) -> None:
@@ -181,23 +183,28 @@ class Runner:
     # -- adoption and loss ------------------------------------------------------------
 
     def adopt(self) -> None:
-        """Find the units of active tasks that outlived a previous runner."""
+        """Find the units of active tasks that outlived a previous runner. A task whose
+        unit is gone without a result is answered as lost, not run a second time."""
         ctx = self.ctx
         merged = set()
         for name in ctx.spool.active.names():
-            merged.update(m.get("task_id") for m in ctx.state(name).get("merged", [])
-                          if isinstance(m, dict))
+            merged.update(m["task_id"] for m in merged_of(ctx.peek(ctx.spool.active, name)))
         for name in merged & set(ctx.spool.active.names()):
             ctx.spool.active.remove(name)  # merged before a crash; the primary carries it
         loaded = ctx.systemd.loaded()
         for name in ctx.spool.active.names():
             unit = ctx.state(name).get("unit")
-            if isinstance(unit, str) and unit in loaded:
+            if not isinstance(unit, str):
+                continue
+            if unit in loaded:
                 ctx.running[name] = unit
                 ctx.log(name).info("adopted running unit %s", unit)
+            elif not ctx.spool.finished.exists(name):
+                ctx.log(name).error("unit %s is gone without a result", unit)
+                self.step(name, finish.begin, Exit(service_result="lost"))
         try:
             keep = {resource(name) for name in ctx.running}
-            for gone in ctx.podman.remove_leftover_containers("airut-", keep):
+            for gone in ctx.podman.remove_leftover_containers(keep):
                 logger.info("removed leftover container %s", gone)
             keep = {resource(name) for name in ctx.spool.active.names()}
             for gone in ctx.podman.remove_leftover_networks(keep):
@@ -292,6 +299,8 @@ class Runner:
             self._prepare(name)
             if cid:
                 in_flight.add(cid)
+        if not ctx.has_slot():
+            return  # incoming/ is read only when something could start
         blocked = claim.blocked_conversations(ctx)
         for tasks in claim.group(self._waiting()):
             if not ctx.has_slot():
@@ -307,13 +316,19 @@ class Runner:
                 self._prepare(name)
 
     def _waiting(self) -> list[TaskRecord]:
-        """incoming/, checked record by record; a bad one is set aside at once."""
+        """incoming/, checked record by record (each once, while it is unchanged); a
+        bad one is set aside at once."""
         ctx = self.ctx
+        claimed = claim.claimed_ids(ctx)
+        names = ctx.spool.incoming.names()
+        for gone in set(self.incoming.seen) - set(names):
+            del self.incoming.seen[gone]
         waiting: list[TaskRecord] = []
-        for name in ctx.spool.incoming.names():
-            task = ctx.records.value(f"incoming/{name}", partial(claim.read_incoming, ctx, name),
-                                     quarantine=partial(giveup.set_aside, ctx,
-                                                        ctx.spool.incoming, name))
+        for name in names:
+            task = ctx.records.value(
+                f"incoming/{name}",
+                partial(claim.read_incoming, ctx, name, self.incoming, claimed),
+                quarantine=partial(giveup.set_aside, ctx, ctx.spool.incoming, name))
             if task:
                 waiting.append(task)
         return waiting

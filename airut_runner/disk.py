@@ -27,7 +27,9 @@ from airut_core import paths
 from airut_runner.context import Context, resource
 
 INTERVAL = 5.0
+INTERVAL_MAX = 60.0  # however slow the walk: a tree made slow to walk buys no more time
 SLACK = 64 << 20
+INODE_BYTES = 4096  # each file counts at least this: a million empty files are not free
 
 
 class Watch:
@@ -83,7 +85,7 @@ class Watch:
             ctx.log(name).warning("cannot measure the task's disk use: %s", e)
             self.next_due[name] = time.monotonic() + INTERVAL
             return
-        self.next_due[name] = time.monotonic() + max(INTERVAL, 10 * took)
+        self.next_due[name] = time.monotonic() + min(max(INTERVAL, 10 * took), INTERVAL_MAX)
         if name not in ctx.running:
             return
         record = ctx.peek(ctx.spool.active, name)
@@ -102,39 +104,36 @@ class Watch:
             return
         if state.get("disk_exceeded"):
             return  # already stopping
+        ctx.log(name).warning("stopping the task: its conversation uses %d bytes of disk, over "
+                              "its limit of %d", used, limit)
+        ctx.systemd.stop(ctx.running[name])  # if this fails, the next measurement retries
         state["disk_exceeded"] = {"used": used, "limit": limit}
         record["state"] = state
         ctx.spool.active.put(name, record)
-        ctx.log(name).warning("stopping the task: its conversation uses %d bytes of disk, over "
-                              "its limit of %d", used, limit)
-        ctx.systemd.stop(ctx.running[name])
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def usage(root: Path) -> int:
-    """Bytes of disk taken by a tree (allocated blocks; links not followed, hard links
-    counted once)."""
+    """Bytes of disk taken by a tree: allocated blocks, each file at least INODE_BYTES;
+    walked through directory descriptors (os.fwalk), so a directory the agent swaps for
+    a link mid-walk is not followed; hard links counted once."""
     total = 0
     seen: set[tuple[int, int]] = set()
-    stack = [str(root)]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        with entries:
-            for entry in entries:
+    try:
+        walk = os.fwalk(root, follow_symlinks=False)
+        for _, dirs, files, dir_fd in walk:
+            for entry in (*dirs, *files):
                 try:
-                    info = entry.stat(follow_symlinks=False)
+                    info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
                 if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
                     if (info.st_dev, info.st_ino) in seen:
                         continue
                     seen.add((info.st_dev, info.st_ino))
-                total += info.st_blocks * 512
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append(entry.path)
+                total += max(info.st_blocks * 512, INODE_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     return total

@@ -21,7 +21,7 @@ from airut_core.config import ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.records import ReplyRecord
 from airut_runner import outbox, outcome, stream
-from airut_runner.context import Context, resource
+from airut_runner.context import Context, merged_of, resource
 from airut_runner.outcome import Exit
 
 logger = logging.getLogger("airut.runner")
@@ -52,7 +52,8 @@ def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
     ctx.building.pop(name, None)
     ctx.waiting_ready.pop(name, None)
     ctx.finishing[name] = ctx.submit(summarize, ctx, name, exit,
-                                     invocation if isinstance(invocation, str) else None)
+                                     invocation if isinstance(invocation, str) else None,
+                                     pool=ctx.finish_pool)
 
 
 def summarize(ctx: Context, name: str, exit: Exit, invocation: str | None) -> Ending:
@@ -104,15 +105,15 @@ def complete(ctx: Context, name: str) -> None:
     release(ctx, name, cdir)
     if conv:
         record_reply(ctx, conv, name, ending.result, ending.summary)
-    merged = [m for m in state.get("merged", []) if isinstance(m, dict)]
+    merged = merged_of(record)
     files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
     reply = ReplyRecord(
         task_id=name, conversation_id=task.conversation_id, repo=task.repo,
         channel=task.channel, reply_to=task.reply_to, text=ending.text,
         outcome=ending.result, unit=state.get("unit") if isinstance(state.get("unit"), str)
         else None, usage=ending.summary.usage(),
-        merged_task_ids=[m.get("task_id") for m in merged],
-        merged_reply_to=[m.get("reply_to") for m in merged],
+        merged_task_ids=[m["task_id"] for m in merged],
+        merged_reply_to=[m["reply_to"] for m in merged],
         attachments=ending.attachments,
         attachments_dir=str(files) if ending.attachments else None)
     # Named by the task: writing it twice replaces it, never duplicates it.

@@ -12,7 +12,7 @@ import logging
 from airut_core import paths
 from airut_core.records import RecordError, ReplyRecord
 from airut_core.spool import Stage
-from airut_runner.context import Context
+from airut_runner.context import Context, merged_of
 
 logger = logging.getLogger("airut.runner")
 
@@ -25,10 +25,10 @@ def set_aside(ctx: Context, stage: Stage, name: str, failures: list[dict]) -> No
     failed = ctx.spool.failed(stage.path.name).ensure()
     try:
         record = stage.read(name)
-    except RecordError:
-        record = None  # not even JSON: moved as it is
     except FileNotFoundError:
         return
+    except (RecordError, OSError):
+        record = None  # not a readable record (not JSON, a socket...): moved as it is
     logger.error("set aside %s/%s: %s", stage.path.name, name, _last(failures),
                  extra={"task": name})
     if record is None:
@@ -69,8 +69,7 @@ def tell_sender(ctx: Context, name: str, record: dict, failures: list[dict],
     """A failure reply, if the record names a channel and an address that make sense."""
     last = failures[-1] if failures else {}
     text = last.get("reply") or SET_ASIDE.format(reason=_last(failures), stage=stage)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
-    merged = [m for m in state.get("merged", []) if isinstance(m, dict)]
+    merged = merged_of(record)
     try:
         reply = ReplyRecord.from_dict(ReplyRecord(
             task_id=name, conversation_id=(record.get("conversation_id") if
@@ -78,8 +77,8 @@ def tell_sender(ctx: Context, name: str, record: dict, failures: list[dict],
                                            else None),
             repo=record.get("repo"), channel=record.get("channel"),
             reply_to=record.get("reply_to"), text=text, outcome="failed",
-            merged_task_ids=[m.get("task_id") for m in merged],
-            merged_reply_to=[m.get("reply_to") for m in merged]).to_dict())
+            merged_task_ids=[m["task_id"] for m in merged],
+            merged_reply_to=[m["reply_to"] for m in merged]).to_dict())
     except (RecordError, TypeError) as e:
         logger.warning("no reply for set-aside task %s: its record does not say where (%s)",
                        name, e, extra={"task": name})

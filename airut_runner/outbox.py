@@ -23,6 +23,9 @@ from pathlib import Path
 from airut_runner.outcome import format_bytes
 from airut_runner.workspace import DIR_FLAGS, create_exclusive, safe_name
 
+ENTRIES_MAX = 1000  # outbox entries looked at per reply; the rest wait for the next
+NOTES_MAX = 20  # "not sent" notes in a reply
+
 
 @dataclass
 class Collected:
@@ -30,20 +33,30 @@ class Collected:
     notes: list[str] = field(default_factory=list)
 
     def note(self) -> str:
-        return f"Files not sent: {'; '.join(self.notes)}." if self.notes else ""
+        if not self.notes:
+            return ""
+        shown = self.notes[:NOTES_MAX]
+        more = len(self.notes) - len(shown)
+        return (f"Files not sent: {'; '.join(shown)}"
+                + (f"; and {more} more." if more > 0 else "."))
 
 
 def collect(outbox: Path, dest: Path, max_bytes: int) -> Collected:
     result = Collected()
-    if dest.is_dir():  # an earlier attempt moved these already
-        result.names = sorted(p.name for p in dest.iterdir())
-    total = sum((dest / n).stat().st_size for n in result.names)
+    if dest.is_dir() and not dest.is_symlink():  # an earlier attempt moved these already
+        result.names = sorted(p.name for p in dest.iterdir() if p.is_file()
+                              and not p.is_symlink())
+    total = sum((dest / n).lstat().st_size for n in result.names)
     try:
         box = os.open(outbox, DIR_FLAGS)
     except FileNotFoundError:
         return result
     try:
-        for name in sorted(os.listdir(box)):
+        entries = sorted(os.listdir(box))
+        if len(entries) > ENTRIES_MAX:
+            result.notes.append(f"{len(entries) - ENTRIES_MAX} entries beyond the first "
+                                f"{ENTRIES_MAX} (they stay in /outbox)")
+        for name in entries[:ENTRIES_MAX]:
             shown = safe_name(name)
             info = os.stat(name, dir_fd=box, follow_symlinks=False)
             if stat.S_ISLNK(info.st_mode):
@@ -60,7 +73,7 @@ def collect(outbox: Path, dest: Path, max_bytes: int) -> Collected:
             else:
                 # Group access (the channel's default ACL, or its setgid group) lets the
                 # channel's own user read and, once sent, remove these files.
-                dest.mkdir(mode=0o770, parents=True, exist_ok=True)
+                _own_directory(dest)
                 used = _move(box, name, dest, max_bytes - total)
                 if used is not None:
                     total += (dest / used).stat().st_size
@@ -69,6 +82,20 @@ def collect(outbox: Path, dest: Path, max_bytes: int) -> Collected:
         os.close(box)
     result.names.sort()
     return result
+
+
+def _own_directory(dest: Path) -> None:
+    """dest as a real directory: the channel's user can write the stage it is in, so a
+    link or file planted under this name is removed first."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(dest, 0o770)
+    except FileExistsError:
+        info = os.lstat(dest)
+        if stat.S_ISDIR(info.st_mode):
+            return
+        os.unlink(dest)
+        os.mkdir(dest, 0o770)
 
 
 def _move(box: int, name: str, dest: Path, room: int) -> str | None:

@@ -44,10 +44,14 @@ class Exit:
         return cls(**values)
 
     @property
+    def oom_killed(self) -> bool:
+        """The kernel or systemd said so (cgroup v2; v1's oom_kill counter)."""
+        return self.service_result == "oom-kill" or self.oom_kills > 0
+
+    @property
     def out_of_memory(self) -> bool:
-        if self.service_result == "oom-kill" or self.oom_kills > 0:
-            return True
-        return self.exit_status in KILLED and self.memory_limit_hits > 0
+        """Also v1's inference: killed by SIGKILL while the cgroup was at its limit."""
+        return self.oom_killed or (self.exit_status in KILLED and self.memory_limit_hits > 0)
 
 
 def classify(exit: Exit, stop_requested: bool, summary: RunSummary | None = None,
@@ -57,10 +61,14 @@ def classify(exit: Exit, stop_requested: bool, summary: RunSummary | None = None
         return "stopped"
     if over_disk:
         return "disk_limit"
-    if exit.out_of_memory:
+    if exit.oom_killed:
         return "out_of_memory"
+    # Before v1's inference: a timeout ends in SIGKILL after the stop grace, and the
+    # limit counter also rises with ordinary page-cache reclaim.
     if exit.service_result == "timeout":
         return "timeout"
+    if exit.out_of_memory:
+        return "out_of_memory"
     status = summary.api_error_status
     if status in (401, 403):
         return "auth_failed"

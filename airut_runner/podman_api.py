@@ -86,14 +86,15 @@ class Podman:
                         logger.warning("cannot remove leftover network %s: %s", network.name, e)
         return removed
 
-    def remove_leftover_containers(self, prefix: str, keep: set[str]) -> list[str]:
-        """Containers named prefix* that no running task owns (a crash's leftovers)."""
+    def remove_leftover_containers(self, keep: set[str]) -> list[str]:
+        """airut's task containers (by label) that no running task owns (a crash's
+        leftovers); nobody else's containers are touched."""
         removed = []
         with self.client() as c:
-            for container in c.containers.list(all=True):
+            for container in c.containers.list(all=True, filters={"label": TASK_LABEL}):
                 names = container.attrs.get("Names") or [container.attrs.get("Name") or ""]
                 name = names[0].lstrip("/")
-                if name.startswith(prefix) and name not in keep:
+                if name not in keep:
                     try:
                         container.remove(force=True)
                         removed.append(name)

@@ -19,7 +19,7 @@ from airut_core.records import TaskRecord
 from airut_core.sandbox import PolicyRecord
 from airut_core.spool import write_atomic
 from airut_runner import claim, container, disk, images, prompt, workspace
-from airut_runner.context import Context, Prepared, Refused, resource
+from airut_runner.context import Context, Prepared, Refused, merged_of, resource, state_of
 from airut_runner.images import ImageSpec
 from airut_runner.mirror import Mirror
 from airut_runner.sandbox import SandboxError
@@ -27,9 +27,11 @@ from airut_runner.sandbox import SandboxError
 
 def prepare(ctx: Context, name: str) -> Prepared:
     record, task = ctx.task(name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
-    merged = [claim.check(ctx, m.get("task_id", ""), m, f"active/{name} (merged)")
-              for m in state.get("merged", []) if isinstance(m, dict)]
+    claim.check(ctx, name, {k: v for k, v in record.items() if k not in ("state", "failures")},
+                "active")
+    state = state_of(record)
+    merged = [claim.check(ctx, m["task_id"], m, f"active/{name} (merged)")
+              for m in merged_of(record)]
     log = ctx.log(name, task)
     try:
         repo = ctx.cfg.repo(task.repo)
@@ -48,16 +50,19 @@ def prepare(ctx: Context, name: str) -> Prepared:
                       reply="airut cannot continue this conversation: its saved state is "
                             "damaged. Start a new conversation; the operator can find the "
                             "details in the runner's journal.") from e
+    # At once, so a failure further on retries in this conversation, not a new one.
+    _note_conversation(ctx, name, conv.conversation_id)
     with images.in_use(ctx.state_dir):  # housekeeping prunes no image we are taking
-        spec, context, rebuild = _image(ctx, mirror, repo)
+        spec, context, rebuild = _image(ctx, name, mirror, repo)
         _note(ctx, name, "image", spec.tag)
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
     gateway, policy, secrets, base_url = _network(ctx, name, task, repo, conv, mirror)
-    attached = []
-    for t in [*merged, task]:
-        if t.attachments_dir:
-            attached += workspace.copy_attachments(Path(t.attachments_dir), cdir / "inbox",
-                                                   conv.uid_base)
+    attached = state.get("attached")
+    if not (isinstance(attached, list) and all(isinstance(a, str) for a in attached)):
+        attached = workspace.copy_attachments(
+            [Path(t.attachments_dir) for t in [*merged, task] if t.attachments_dir],
+            cdir / "inbox", conv.uid_base)
+        _note(ctx, name, "attached", attached)  # copied once, however often prepared
     fresh = state.get("fresh_retry")
     text = prompt.compose([*merged, task], attached,
                           recovery=conv.last_reply if fresh else None)
@@ -68,8 +73,8 @@ def prepare(ctx: Context, name: str) -> Prepared:
     return Prepared(conv, spec, context, rebuild, gateway, policy, disk.usage(cdir))
 
 
-def _image(ctx: Context, mirror: Mirror, repo: RepoConfig) -> tuple[ImageSpec, Path | None,
-                                                                    bool]:
+def _image(ctx: Context, name: str, mirror: Mirror,
+           repo: RepoConfig) -> tuple[ImageSpec, Path | None, bool]:
     """The task's image, and the build context to export when it must be (re)built."""
     spec = images.resolve(mirror, repo.container_path, ctx.cfg.agent.image)
     if not spec.built_here:
@@ -80,7 +85,9 @@ def _image(ctx: Context, mirror: Mirror, repo: RepoConfig) -> tuple[ImageSpec, P
     if created is not None and not rebuild:
         ctx.image_created[spec.tag] = created
         return spec, None, False
-    context = ctx.state_dir / "builds" / spec.build_name
+    # The task's own copy: another task's export must not change or remove a context
+    # while a build reads it.
+    context = ctx.state_dir / "builds" / f"{spec.build_name}-{name}"
     mirror.export(spec.tree, context)
     return spec, context, rebuild
 
@@ -124,9 +131,6 @@ def collect(ctx: Context, name: str) -> None:
     from airut_runner import build, start
 
     prepared = ctx.preparing.pop(name).result()  # the worker's exception, if any
-    # A new conversation's id goes into the record at once, so a crash does not make a
-    # second conversation for the same message.
-    _note_conversation(ctx, name, prepared.conversation.conversation_id)
     if prepared.build_context:
         build.start(ctx, name, prepared)
     else:

@@ -13,7 +13,8 @@ import time
 from airut_core import paths
 from airut_core.spool import utc_now
 from airut_runner import container, units
-from airut_runner.context import Context, Prepared, Refused, resource
+from airut_runner.context import Context, Prepared, Refused, resource, state_of
+from airut_runner.outcome import Exit
 from airut_runner.sandbox import PROXY_UNIT, NotReady
 
 EVENTS_KEEP = 64 << 20  # events.jsonl beyond this moves to events.1.jsonl before a run
@@ -31,6 +32,11 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
             return
     ctx.waiting_ready.pop(name, None)
     record, task = ctx.task(name)
+    if state_of(record).get("stop_requested") is True:  # asked before a restart
+        from airut_runner import finish
+
+        finish.begin(ctx, name, Exit())
+        return
     repo = ctx.cfg.repo(task.repo)
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
     events = cdir / "events.jsonl"
@@ -40,7 +46,7 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
         if paths.daemon_gid() is not None:
             os.chown(events, 0, paths.daemon_gid())
     unit = units.unit_name(conv.conversation_id, name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    state = state_of(record)
     if state.get("fresh_retry"):
         unit = unit.replace(".service", "-fresh.service")
     state.update({"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
@@ -75,7 +81,9 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
         conversation_id=conv.conversation_id, repo=task.repo, limits=repo.resource_limits,
         stop_grace=ctx.cfg.execution.stop_grace)
     if not ctx.systemd.start(unit, task_unit.properties()):
-        raise RuntimeError(f"unit {unit} is already loaded")
+        # Ours (the name is the task's): started by an earlier attempt whose answer was
+        # lost (a bus timeout). Adopted, never started twice.
+        ctx.log(name, task).warning("unit %s is already loaded: adopting it", unit)
     ctx.running[name] = unit
     ctx.tasks.forget(name)  # it runs: earlier failures to start it are behind it
     ctx.log(name, task).info(

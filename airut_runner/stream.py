@@ -151,7 +151,7 @@ def parse(lines: Iterable[bytes | str]) -> RunSummary:
             continue
         try:
             event = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, or a 5,000-digit number
             summary.other_lines.append(clean(line[:1000]))  # podman or runtime messages
             continue
         if isinstance(event, dict):

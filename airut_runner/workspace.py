@@ -34,6 +34,8 @@ from airut_runner.mirror import Mirror
 SUBDIRS = ("tasks", "workspace", "claude", "inbox", "outbox", "storage")
 CONTAINER_DIRS = ("workspace", "claude", "inbox", "outbox", "storage")
 NAME_MAX_BYTES = 200  # of a file name we create; filesystems stop at 255
+ATTACHMENTS_MAX_FILES = 100  # per task: a channel's own caps are lower
+ATTACHMENTS_MAX_BYTES = 256 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -110,40 +112,57 @@ def chown_tree(root: Path, uid: int) -> None:
             os.lchown(os.path.join(directory, name), uid, uid)
 
 
-def copy_attachments(source: Path, inbox: Path, owner: int) -> list[str]:
-    """Copy the regular files of a task's attachments directory into the inbox.
+def copy_attachments(sources: list[Path], inbox: Path, owner: int) -> list[str]:
+    """Copy the regular files of a task's attachments directories into the inbox.
 
     The inbox is the agent's: it may hold links to anywhere or files of any name. So
     every file is created anew through a descriptor of the inbox (O_EXCL, O_NOFOLLOW),
-    never opened by path, and a name already taken gets a new one. Returns the names
-    used, which the prompt tells the agent.
+    never opened by path, and a name already taken gets a new one. The sources are the
+    channel's: at most ATTACHMENTS_MAX_FILES files and ATTACHMENTS_MAX_BYTES in all
+    (what the file said its size was when opened), sparse files refused. Returns the
+    names used, which the prompt tells the agent.
     """
-    names = []
-    src = os.open(source, DIR_FLAGS)
+    names: list[str] = []
+    budget = [ATTACHMENTS_MAX_BYTES]
     dst = os.open(inbox, DIR_FLAGS)
     try:
-        for name in sorted(os.listdir(src)):
-            if name.startswith("."):
-                continue
+        for source in sources:
+            src = os.open(source, DIR_FLAGS)
             try:
-                fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                                | os.O_CLOEXEC, dir_fd=src)
-            except OSError:
-                continue  # a link, or gone
-            with os.fdopen(fd_in, "rb") as f_in:
-                if not stat.S_ISREG(os.fstat(fd_in).st_mode):
-                    continue
-                used, fd_out = create_exclusive(dst, safe_name(name))
-                with os.fdopen(fd_out, "wb") as f_out:
-                    shutil.copyfileobj(f_in, f_out)
-                    os.fchown(fd_out, owner, owner)
-                    f_out.flush()
-                    os.fsync(fd_out)
-            names.append(used)
+                for name in sorted(os.listdir(src))[:ATTACHMENTS_MAX_FILES - len(names)]:
+                    if not name.startswith("."):
+                        used = _copy_one(src, name, dst, owner, budget)
+                        if used:
+                            names.append(used)
+            finally:
+                os.close(src)
     finally:
-        os.close(src)
         os.close(dst)
     return names
+
+
+def _copy_one(src: int, name: str, dst: int, owner: int, budget: list[int]) -> str | None:
+    try:
+        fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                        dir_fd=src)
+    except OSError:
+        return None  # a link, or gone
+    with os.fdopen(fd_in, "rb") as f_in:
+        info = os.fstat(fd_in)
+        if (not stat.S_ISREG(info.st_mode) or info.st_size > budget[0]
+                or info.st_blocks * 512 < info.st_size - 4096):  # sparse: not a real file
+            return None
+        budget[0] -= info.st_size
+        used, fd_out = create_exclusive(dst, safe_name(name))
+        with os.fdopen(fd_out, "wb") as f_out:
+            left = info.st_size
+            while left > 0 and (chunk := f_in.read(min(left, 1 << 20))):
+                f_out.write(chunk)
+                left -= len(chunk)
+            os.fchown(fd_out, owner, owner)
+            f_out.flush()
+            os.fsync(fd_out)
+    return used
 
 
 def create_exclusive(dir_fd: int, name: str, mode: int = 0o644) -> tuple[str, int]:

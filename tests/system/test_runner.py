@@ -355,7 +355,10 @@ def test_housekeeping_removes_old_conversations_and_unused_images(lab):
 
 def test_restarted_runner_removes_what_a_crash_left_behind(lab):
     lab.guest("podman", "create", "--name", "airut-20200101T000000000-dead00",
+              "--label", "airut.task=20200101T000000000-dead00",
               "localhost/airut-base:latest", "true")
+    lab.guest("podman", "create", "--name", "airut-not-a-task", "localhost/airut-base:latest",
+              "true")  # not airut's: a name alone proves nothing
     lab.guest("podman", "network", "create", "--label", "airut.task=20200101T000000000-dead00",
               "airut-20200101T000000000-dead00")
     lab.guest("systemctl", "restart", "airut-runner")
@@ -366,5 +369,8 @@ def test_restarted_runner_removes_what_a_crash_left_behind(lab):
     journal = lab.journal("-u", "airut-runner")
     assert "removed leftover container airut-20200101T000000000-dead00" in journal
     assert "removed leftover network airut-20200101T000000000-dead00" in journal
+    assert lab.guest("podman", "container", "exists", "airut-not-a-task",
+                     check=False).returncode == 0
+    lab.guest("podman", "rm", "airut-not-a-task")
     marker = lab.scenario("after-cleanup", [say("fine")])
     assert lab.submit(f"{marker} still working?", repo="demo")["outcome"] == "success"

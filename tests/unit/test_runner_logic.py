@@ -80,6 +80,10 @@ def test_non_json_lines_become_the_error_tail():
     (Exit(service_result="exit-code", exit_status="137"), False, "failed"),  # killed, not OOM
     (Exit(service_result="success", oom_kills=1), False, "out_of_memory"),
     (Exit(service_result="signal", exit_status="TERM"), True, "stopped"),
+    # v1: a timeout killed with SIGKILL after the grace, the limit counter raised by
+    # page-cache reclaim: still a timeout.
+    (Exit(service_result="timeout", exit_status="9", memory_limit_hits=40), False, "timeout"),
+    (Exit(service_result="timeout", oom_kills=1), False, "out_of_memory"),
     (Exit(service_result="lost"), False, "failed"),
 ])
 def test_outcome_classification(exit, stop, expected):
@@ -232,3 +236,9 @@ def test_podman_line_carries_the_seccomp_profile(tmp_path):
     argv = run.argv()
     assert "--security-opt=seccomp=/p.json" in argv
     assert "--uidmap=0:1000065536:65536" in argv
+
+
+def test_a_huge_number_in_the_stream_is_just_a_bad_line():
+    summary = stream.parse(events(say("the answer"), '{"type":"result","num_turns":'
+                                  + "9" * 5000 + "}"))
+    assert summary.reply_text() == "the answer"

@@ -73,7 +73,7 @@ class FakePodman:
     def container_upper_dir(self, name) -> None:
         return None
 
-    def remove_leftover_containers(self, prefix, keep) -> list[str]:
+    def remove_leftover_containers(self, keep) -> list[str]:
         return []
 
     def remove_leftover_networks(self, keep) -> list[str]:
@@ -300,3 +300,59 @@ def test_messages_of_two_channels_never_merge(runner):
         local, by_mail.task_id)
     assert runner.ctx.spool.incoming.exists(second)
     assert not runner.ctx.state(first).get("merged")
+
+
+def test_a_channel_cannot_change_a_claimed_record_through_its_file(runner, tmp_path):
+    task = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me", text="x")
+    runner.ctx.spool.incoming.put(task.task_id, task.to_dict())
+    kept = tmp_path / "kept-link"
+    os.link(runner.ctx.spool.incoming.file(task.task_id), kept)  # the writer keeps a link
+    spin(runner, lambda: unit_of(runner, task.task_id))
+    kept.write_text(json.dumps({**task.to_dict(), "attachments_dir": "/etc"}))
+    assert runner.ctx.spool.active.read(task.task_id).get("attachments_dir") is None
+
+
+@pytest.mark.parametrize("carried", [{"state": {"merged": [], "unit": "x.service"}},
+                                     {"failures": [{"reason": "x"}]}])
+def test_a_channel_cannot_write_the_runners_notes(runner, carried):
+    task = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me", text="x")
+    runner.ctx.spool.incoming.put(task.task_id, {**task.to_dict(), **carried})
+    spin(runner, lambda: runner.ctx.spool.failed("incoming").exists(task.task_id))
+    assert "runner's own notes" in reply_of(runner, task.task_id)["text"]
+
+
+def test_a_task_id_already_claimed_is_not_claimed_again(runner):
+    task = submit(runner)
+    spin(runner, lambda: unit_of(runner, task))
+    same = runner.ctx.spool.active.read(task)
+    runner.ctx.spool.incoming.put(task, {**same, "text": "something else"})
+    spin(runner, lambda: runner.ctx.spool.failed("incoming").exists(task))
+    assert runner.ctx.spool.active.read(task)["text"] == "hi"  # the running task's record
+    # The same record again (a crash between the claim's two steps): quietly dropped.
+    runner.ctx.spool.incoming.put(task, {k: v for k, v in same.items() if k != "state"})
+    spin(runner, lambda: not runner.ctx.spool.incoming.exists(task))
+    assert list(runner.ctx.systemd.started).count(runner.ctx.running[task]) == 1
+
+
+def test_attachments_are_copied_once_and_bounded(runner):
+    attachments = runner.ctx.spool.root / "attachments" / "t1"
+    attachments.mkdir(parents=True)
+    (attachments / "a.txt").write_text("a")
+    with open(attachments / "sparse.bin", "wb") as f:
+        f.truncate(1 << 40)  # a terabyte that costs its writer nothing
+    task = submit(runner, attachments_dir=str(attachments))
+    spin(runner, lambda: unit_of(runner, task))
+    assert runner.ctx.state(task)["attached"] == ["a.txt"]
+    cid = runner.ctx.conversation_of(task)
+    inbox = runner.ctx.state_dir / "conversations" / cid / "inbox"
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.txt"]
+
+
+def test_disk_usage_counts_files_and_follows_no_link(tmp_path):
+    from airut_runner import disk
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(100):
+        (tree / f"empty-{i}").touch()
+    (tree / "elsewhere").symlink_to("/usr")
+    assert 100 * disk.INODE_BYTES <= disk.usage(tree) < 110 * disk.INODE_BYTES + (1 << 20)

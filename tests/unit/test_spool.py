@@ -51,7 +51,7 @@ def test_scan_ignores_tmp_and_foreign_files(spool):
 def test_writer_killed_before_the_rename_leaves_no_visible_record(spool):
     # The writer dies like a SIGKILL (no cleanup) the moment it would rename.
     code = ("import os, sys; from airut_core import spool;"
-            "spool.os.rename = lambda *a: os._exit(70);"
+            "spool.os.rename = lambda *a, **k: os._exit(70);"
             "spool.Stage(sys.argv[1]).put('victim', {'a': 1})")
     result = subprocess.run([sys.executable, "-c", code, str(spool.incoming.path)])
     assert result.returncode == 70  # died between the fsync and the rename
@@ -179,3 +179,22 @@ def test_an_oversized_record_is_refused_unread(spool):
     (spool.incoming.path / "huge.json").write_bytes(b"[" * (RECORD_MAX + 10))
     with pytest.raises(RecordError, match="larger than"):
         spool.incoming.read("huge")
+
+
+def test_a_link_planted_as_tmp_is_not_written_through(spool, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stage = spool.incoming
+    for entry in stage.tmp.iterdir():
+        entry.unlink()
+    stage.tmp.rmdir()
+    stage.tmp.symlink_to(elsewhere)  # what a less trusted writer of the stage could do
+    with pytest.raises(OSError):
+        stage.put("x", {"a": 1})
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_record_with_a_huge_number_is_unreadable_not_an_error(spool):
+    (spool.incoming.path / "big.json").write_text('{"a": ' + "9" * 5000 + "}")
+    with pytest.raises(RecordError):
+        spool.incoming.read("big")
