@@ -140,6 +140,7 @@ def cmd_email(args: argparse.Namespace) -> int:
     from airut_core.guard import Permanent
     from airut_ingest.email import intake
     from airut_ingest.email.conversations import Conversations, home
+    from airut_ingest.email.examiner import Examiner, ExaminerFailed
 
     cfg = config_mod.load(args.config)
     repo = cfg.repo(args.repo)
@@ -148,12 +149,19 @@ def cmd_email(args: argparse.Namespace) -> int:
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     known = Conversations(cfg.paths.state, args.repo,
                           home(cfg.paths.state, args.repo) / "reserved").known
+    examiner = Examiner(intake.Rules.of(repo.email))  # the daemon's own way of reading
     try:
-        verdict = intake.examine(raw, repo.email, known)
+        verdict = intake.decide(examiner.read(raw), known)
     except Permanent as e:
         print(json.dumps({"accepted": False, "reason": "quarantined"}, indent=1))
         print(f"the daemon would quarantine this message: {e}", file=sys.stderr)
         return 0
+    except ExaminerFailed as e:
+        print(json.dumps({"accepted": False, "reason": "failed"}, indent=1))
+        print(f"{e}: the daemon would retry it, then quarantine it", file=sys.stderr)
+        return 0
+    finally:
+        examiner.close()
     print(json.dumps(verdict.summary(), indent=1))
     if verdict.detail or verdict.notes:
         print("; ".join(filter(None, [verdict.detail, *verdict.notes])), file=sys.stderr)

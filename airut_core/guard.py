@@ -11,7 +11,11 @@ failed/, a quarantine folder), and the guard forgets it.
 With a `store` directory the count survives the process: an attempt is written down
 *before* the work starts and cleared after it, so an item that kills its process (a
 stall ended by the watchdog, an out-of-memory kill, a crash in C code) is counted as a
-failure too, and cannot make a daemon restart forever on the same item.
+failure too, and cannot make a daemon restart forever on the same item. Such an
+interruption is weaker evidence than a failure seen (the process may have been killed
+from outside while working on an innocent item), so interruptions are set aside only
+at `crash_limit`, which a daemon that keeps its risky work in a child process (the
+email channel's examiner) sets higher than `limit`.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ class _Entry:
 class Guard:
     def __init__(self, what: str, logger: logging.Logger | logging.LoggerAdapter,
                  limit: int = 3, delay: float = 1.0, max_delay: float = 300.0,
-                 store: Path | None = None, count_crashes: bool = True):
+                 store: Path | None = None, count_crashes: bool = True,
+                 crash_limit: int | None = None):
         self.what = what
+        self.crash_limit = limit if crash_limit is None else crash_limit
         self.count_crashes = count_crashes
         self.logger = logger
         self.limit = limit
@@ -94,7 +100,7 @@ class Guard:
         entry = self._entry(key)
         if entry.next_try > time.monotonic():
             return False
-        if len(entry.failures) >= self.limit and quarantine is not None:
+        if self._exhausted(entry) and quarantine is not None:
             # Earlier processes died working on it (counted in the store): not again.
             self._set_aside(key, entry, quarantine, log or self.logger)
             return False
@@ -145,9 +151,9 @@ class Guard:
             entry.failures.append(failure)
         reason = failure["reason"]
         self.failed_total += 1
-        count = len(entry.failures)
+        count = sum(1 for f in entry.failures if f["reason"] != INTERRUPTED)
         permanent = isinstance(error, Permanent)
-        if (permanent or count >= self.limit) and quarantine is not None:
+        if (permanent or self._exhausted(entry)) and quarantine is not None:
             log.error("%s %s failed (%s): %s; setting it aside", self.what, key,
                       "cannot be retried" if permanent else f"attempt {count} of {self.limit}",
                       reason, exc_info=not permanent)
@@ -171,6 +177,10 @@ class Guard:
         self.quarantined_total += 1
         self.forget(key)
         return True
+
+    def _exhausted(self, entry: _Entry) -> bool:
+        crashes = sum(1 for f in entry.failures if f["reason"] == INTERRUPTED)
+        return len(entry.failures) - crashes >= self.limit or crashes >= self.crash_limit
 
     def _entry(self, key: str) -> _Entry:
         entry = self._items.get(key)

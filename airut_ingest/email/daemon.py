@@ -2,8 +2,10 @@
 
 Receiving (one thread): IMAP IDLE, with a scan of the whole inbox on every wake-up
 and at least every imap.poll_interval seconds (IDLE misses messages on some
-servers). Every message is examined under a guard (airut_core.guard, with its
-count on disk, so a message that kills the process counts too): an accepted one
+servers). Every message is read in the examiner, a child process (examiner.py), so
+a message that stalls, bloats or crashes the parser ends the child, not the daemon;
+and it is examined under a guard (airut_core.guard, with its count on disk, so even
+a message during which the daemon keeps dying is set aside): an accepted one
 becomes a task record in incoming/, a rejected one is logged; only then is it
 removed from the mailbox. A message that fails three times, or that is beyond what
 airut reads, is moved to the quarantine folder on the IMAP server, with a record of
@@ -66,6 +68,7 @@ from airut_core.spool import (
 )
 from airut_ingest.email import compose, conversations, intake, parse
 from airut_ingest.email.compose import Thread
+from airut_ingest.email.examiner import Examiner
 from airut_ingest.email.mailbox import Mailbox, send
 
 logger = logging.getLogger("airut.email")
@@ -74,6 +77,10 @@ IDLE_CHUNK = 10.0  # seconds per IDLE round: stop and the watchdog stay responsi
 BACKOFF_MAX = 300.0
 MARKER_MAX_AGE = 30 * 86400  # intake and sent markers, reservations, guard counts
 GUARD_LIMIT = 3  # failures of one message or reply before it is set aside
+# Deaths of the daemon while working on one message or reply before it is set aside.
+# Mail is read in the examiner process, so a message cannot kill the daemon: its
+# deaths are kills from outside or restarts, no evidence against the item in hand.
+CRASH_LIMIT = 5
 GUARD_DELAY = 2.0  # first wait after a failure; doubles
 MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[!-;=?-~]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 
@@ -107,9 +114,10 @@ class EmailChannel:
         self.conversations = conversations.Conversations(cfg.paths.state, repo_id,
                                                          home / "reserved")
         self.receive_guard = Guard("message", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
-                                   store=home / "guard-receive")
+                                   store=home / "guard-receive", crash_limit=CRASH_LIMIT)
         self.send_guard = Guard("outgoing mail", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
-                                store=home / "guard-send")
+                                store=home / "guard-send", crash_limit=CRASH_LIMIT)
+        self.examiner = Examiner(intake.Rules.of(self.email))
         self.stopping = threading.Event()
         self.status = "starting"
         self.heartbeat = {"receive": time.monotonic(), "send": time.monotonic()}
@@ -121,6 +129,7 @@ class EmailChannel:
         while not self.stopping.is_set():
             box = Mailbox(self.email.imap)
             try:
+                self.examiner.start()  # ready before the first message
                 box.connect()
                 self.status = f"connected to {self.email.imap.host}"
                 logger.info("connected to %s as %s", self.email.imap.host,
@@ -221,7 +230,8 @@ class EmailChannel:
 
     def intake(self, raw: bytes, key: str) -> None:
         """Examine a message and commit its task: the work the guard watches."""
-        verdict = intake.examine(raw, self.email, self.conversations.known)
+        verdict = intake.decide(self.examiner.read(raw, tick=self._alive),
+                                self.conversations.known)
         if not verdict.accepted:
             logger.warning("rejected mail from %s (%s): %s; subject %r", verdict.sender or "?",
                            verdict.reason, verdict.detail, verdict.subject)
@@ -245,6 +255,9 @@ class EmailChannel:
         self.finish_intake(key, marker)
         log.for_task(logger, task_id, verdict.conversation_id, self.repo_id).info(
             "task from %s: %r", verdict.sender, verdict.subject)
+
+    def _alive(self) -> None:
+        self.heartbeat["receive"] = time.monotonic()
 
     def finish_intake(self, key: str, marker: dict) -> None:
         """From a pending marker on: publish the staged record (unless that happened

@@ -1,13 +1,15 @@
 """One incoming mail, examined: accepted as a task, or rejected with a reason.
 
 The daemon and `airut email check FILE.eml` run exactly this, so an operator sees
-the verdict the daemon would reach.
+the verdict the daemon would reach. read() is the work on the hostile bytes; both run
+it in an examiner process (examiner.py), so a message cannot stall or kill them.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from airut_core.config import EmailConfig
 from airut_ingest.email import auth, parse
@@ -32,6 +34,20 @@ class Verdict:
     # unknown here): it starts a new one instead.
     dropped_reference: str | None = None
 
+    def to_json(self) -> dict:
+        """For the way back from the examiner process."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["attachments"] = [{"name": a.name, "data": base64.b64encode(a.data).decode()}
+                               for a in self.attachments]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Verdict:
+        data = dict(data)
+        data["attachments"] = [Attachment(str(a["name"]), base64.b64decode(a["data"]))
+                               for a in data.get("attachments", [])]
+        return cls(**data)
+
     def summary(self) -> dict:
         """The JSON `airut email check` prints."""
         return {"accepted": self.accepted, "reason": self.reason, "sender": self.sender,
@@ -40,42 +56,82 @@ class Verdict:
                 "model": self.model}
 
 
+@dataclass(frozen=True)
+class Rules:
+    """What reading a mail needs of the configuration: all the examiner process is told."""
+    address: str
+    trusted_authserv_id: str
+    authorized_senders: tuple[str, ...]
+    max_attachment_bytes: int
+
+    @classmethod
+    def of(cls, cfg: EmailConfig) -> Rules:
+        return cls(cfg.address, cfg.trusted_authserv_id, tuple(cfg.authorized_senders),
+                   cfg.max_attachment_bytes)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "authorized_senders": list(self.authorized_senders)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Rules:
+        return cls(str(data["address"]), str(data["trusted_authserv_id"]),
+                   tuple(str(s) for s in data["authorized_senders"]),
+                   int(data["max_attachment_bytes"]))
+
+
 def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdict:
     """known(conversation_id): may this repository's mail continue that conversation?
 
     Raises TooComplex (a guard.Permanent) for a message beyond what airut reads:
     the daemon quarantines it.
     """
+    return decide(read(raw, Rules.of(cfg)), known)
+
+
+def read(raw: bytes, rules: Rules) -> Verdict:
+    """All the work on the message's bytes (the daemon runs it in its examiner
+    process): who sent it, whether they may, what it says. The conversation it names
+    is not checked here; decide() does that."""
     try:
         msg = parse.load(raw)
         subject = parse.subject(msg)
+    except MemoryError:
+        raise  # the examiner says how much it had
     except Exception as e:  # the parser is lenient; this is a truly broken message
         raise TooComplex(f"cannot parse the message: {type(e).__name__}: {e}") from e
     try:
-        sender = auth.authenticate(msg, cfg.trusted_authserv_id)
-        auth.authorize(sender, cfg.authorized_senders)
+        sender = auth.authenticate(msg, rules.trusted_authserv_id)
+        auth.authorize(sender, list(rules.authorized_senders))
     except auth.Rejected as e:
         return Verdict(False, e.reason, str(e), sender=_safe_sender(msg), subject=subject)
     try:
-        mail = parse.parse(msg, cfg.max_attachment_bytes)
-    except TooComplex:
+        mail = parse.parse(msg, rules.max_attachment_bytes)
+    except (TooComplex, MemoryError):
         raise
     except Exception as e:  # RecursionError and the like, from a library: not retried
         raise TooComplex(f"cannot read the message: {type(e).__name__}: {e}") from e
-    conversation = mail.conversation_id()
-    dropped = None
+    return Verdict(
+        accepted=True, reason="ok", sender=sender, conversation_id=mail.conversation_id(),
+        subject=mail.subject, text=mail.text, attachments=mail.attachments,
+        model=mail.model_hint(rules.address), message_id=mail.message_id,
+        references=mail.references, notes=mail.notes)
+
+
+def decide(verdict: Verdict, known: Callable[[str], bool]) -> Verdict:
+    """The conversation a read mail continues (or a new one), and whether it says
+    anything at all."""
+    if not verdict.accepted:
+        return verdict
+    conversation = verdict.conversation_id
     if conversation and not known(conversation):
-        conversation, dropped = None, conversation  # a new conversation instead
-    text = mail.text
-    if not conversation and mail.subject:
-        text = f"Subject: {mail.subject}\n\n{text}".strip()
-    verdict = Verdict(
-        accepted=True, reason="ok", sender=sender, conversation_id=conversation,
-        subject=mail.subject, text=text, attachments=mail.attachments,
-        model=None if conversation else mail.model_hint(cfg.address),
-        message_id=mail.message_id, references=mail.references, notes=mail.notes,
-        dropped_reference=dropped)
-    if not mail.text.strip() and not mail.attachments and (conversation or not mail.subject):
+        verdict.conversation_id, verdict.dropped_reference = None, conversation
+        conversation = None
+    if conversation:
+        verdict.model = None  # the conversation keeps its model
+    empty = not verdict.text.strip() and not verdict.attachments
+    if not conversation and verdict.subject:
+        verdict.text = f"Subject: {verdict.subject}\n\n{verdict.text}".strip()
+    if empty and (conversation or not verdict.subject):
         verdict.accepted, verdict.reason = False, "empty"
         verdict.detail = "the message has no text and no attachments"
     return verdict

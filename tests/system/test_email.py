@@ -486,6 +486,31 @@ def test_poison_mail_is_answered_rejected_or_quarantined_and_the_mailbox_goes_on
     assert "retrying in" not in journal.split("after the poison")[0].split("poison from-quote")[-1]
 
 
+def test_mail_is_read_in_a_limited_examiner_that_dies_alone(lab, dkim_key):
+    """The parser's process in the real unit: its own limits hold under the unit's
+    system-call filter, and killing it (what a poison message could do) costs the
+    daemon nothing."""
+    main = lab.unit_properties("airut-email@mail", "MainPID")["MainPID"]
+
+    def examiner() -> str:
+        out = lab.guest("pgrep", "-P", main, "-f", "airut_ingest.email.examiner",
+                        check=False).stdout.split()
+        return out[0] if len(out) == 1 else ""
+    wait_until(examiner, 30, "the examiner process")
+    pid = examiner()
+    limits = lab.guest("cat", f"/proc/{pid}/limits").stdout
+    assert re.search(r"Max address space\s+1073741824\s+1073741824", limits), limits
+    assert lab.guest("cat", f"/proc/{pid}/oom_score_adj").stdout.strip() == "1000"
+    lab.guest("kill", "-KILL", pid)
+    raw, message_id = signed(dkim_key, "alice@corp.test", "after the examiner died",
+                             "[[scenario:echo]] read by a new one")
+    lab.send_mail(raw, "alice@corp.test")
+    wait_until(lambda: [m for m in replies_to(lab_mail(lab), message_id)
+                        if "read by a new one" in text_of(m)], 120, "the answer")
+    assert examiner() not in ("", pid)
+    assert lab.unit_properties("airut-email@mail", "MainPID")["MainPID"] == main
+
+
 def put_reply(lab, name: str, record: dict, files: dict[bytes, bytes] | None = None) -> None:
     """A reply record as airut-runner would write it into outgoing/email-mail/."""
     from airut_core.spool import Stage

@@ -90,6 +90,32 @@ def test_an_item_that_kills_the_process_counts_and_is_set_aside(tmp_path):
     assert ran == [] and len(aside[0]) == 3  # not tried a fourth time
 
 
+def test_interruptions_count_apart_up_to_their_own_limit(tmp_path):
+    """A process killed from outside while on an innocent item is weak evidence: with
+    crash_limit above limit, three interruptions do not set the item aside, five do;
+    failures seen still count against limit."""
+    ctx = multiprocessing.get_context("fork")
+
+    def die(times: int) -> None:
+        for _ in range(times):
+            p = ctx.Process(target=_die_in_work, args=(str(tmp_path),))
+            p.start()
+            p.join(10)
+    die(3)
+    guard = Guard("item", log, limit=3, delay=0, store=tmp_path, crash_limit=5)
+    aside: list = []
+    guard.run("poison", boom(), quarantine=aside.append)  # 3 interruptions + 1 failure
+    assert aside == [] and len(guard.failures("poison")) == 4
+    guard.run("poison", boom(), quarantine=aside.append)
+    guard.run("poison", boom(), quarantine=aside.append)  # the third failure seen
+    assert len(aside) == 1
+    die(5)
+    guard = Guard("item", log, limit=3, delay=0, store=tmp_path, crash_limit=5)
+    ran: list = []
+    assert not guard.run("poison", lambda: ran.append(1), quarantine=aside.append)
+    assert ran == [] and len(aside[1]) == 5
+
+
 def test_a_corrupt_store_file_starts_the_count_again(tmp_path):
     guard = Guard("item", log, limit=3, delay=0, store=tmp_path)
     guard.run("x", boom())
