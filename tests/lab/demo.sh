@@ -1,7 +1,8 @@
 #!/bin/bash
 # demo.sh : `make demo`. Builds the lab if needed, boots the guest with airut's
-# daemons running as systemd units, creates a sample git repository, submits a task
-# through the local channel to the offline demo model, and shows what happened.
+# daemons running as systemd units, creates a sample git repository, mails a task
+# through the guest's postfix and shows the threaded answer in the sender's mailbox,
+# continues the conversation with `airut submit`, and shows what happened.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lab.env"
@@ -26,15 +27,21 @@ say "configuration: /etc/airut/airut.yaml"
 install -D -m644 "$HERE/demo.yaml" "$AIRUT_LAB/guest/etc/airut/airut.yaml"
 $G airut check-config
 
-say "starting airut.target"
+say "starting airut.target, and the guest's mail server (postfix, dovecot)"
 $G systemctl daemon-reload
 $G systemctl enable -q airut.target airut-runner.service airut-proxy.service \
-  airut-firewall.service airut-demo-model.service
-$G systemctl start airut.target airut-demo-model.service
+  airut-firewall.service airut-demo-model.service airut-email@demo.service
+$G systemctl start dovecot.service postfix.service
+$G systemctl start airut.target airut-demo-model.service airut-email@demo.service
 $G systemctl --no-pager list-units 'airut*'
 
-say "airut submit --repo demo \"Have a look around and leave a note.\""
-reply=$($G airut submit --json --repo demo "Have a look around and leave a note.")
+say "a task by mail: alice@corp.test writes to airut@corp.test"
+cp "$HERE/demo-mail.py" "$RUN/srv/demo-mail.py"
+$G python3 /srv/demo-mail.py "Have a look around and leave a note."
+conv=$(cat "$RUN/srv/demo-conversation")
+
+say "airut submit --conversation $conv \"Thanks, anything else?\""
+reply=$($G airut submit --json --conversation "$conv" "Thanks, anything else?")
 python3 - "$reply" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
@@ -42,11 +49,9 @@ print(r["text"])
 print(f"\noutcome: {r['outcome']}   conversation: {r['conversation_id']}   task: {r['task_id']}")
 print(f"the task ran in the transient unit: {r['unit']}")
 PY
-task=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["task_id"])' "$reply")
-conv=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["conversation_id"])' "$reply")
 
-say "journalctl AIRUT_TASK=$task"
-$G journalctl --no-pager -o short AIRUT_TASK="$task" | grep -v ' podman\[' || true
+say "journalctl AIRUT_CONVERSATION=$conv (the mail, both tasks, their units, the proxy)"
+$G journalctl --no-pager -o short AIRUT_CONVERSATION="$conv" | grep -v ' podman\[' || true
 
 say "the agent's workspace: /var/lib/airut/conversations/$conv/workspace (owned by the container's uid, not root)"
 $G sh -c "cd /var/lib/airut/conversations/$conv/workspace && ls -ln NOTES.md && git -c safe.directory=\"*\" status --short && cat NOTES.md"
@@ -57,7 +62,8 @@ $G cat "/var/lib/airut/conversations/$conv/network.log"
 cat <<MSG
 
 The guest keeps running. Try:
-  $HERE/guest.sh airut submit --conversation $conv "Thanks, anything else?"
+  $HERE/guest.sh airut submit --conversation $conv "One more thing?"
+  $HERE/guest.sh python3 /srv/demo-mail.py "Another task, by mail"
   $HERE/guest.sh systemctl status airut-runner
   $HERE/guest.sh journalctl -f AIRUT_CONVERSATION=$conv
 Stop it with: make lab-down
