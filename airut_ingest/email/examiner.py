@@ -57,14 +57,14 @@ class Examiner:
         self.memory = memory
         self._proc: subprocess.Popen | None = None
         self.started_total = 0  # examiners started, for tests and status
+        self.command = [sys.executable, "-m", "airut_ingest.email.examiner", str(memory)]
 
     def start(self) -> None:
         """Start the child now (it takes a few hundred milliseconds to import)."""
         if self._proc is not None and self._proc.poll() is None:
             return
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "airut_ingest.email.examiner", str(self.memory)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, close_fds=True)
         self.started_total += 1
         assert self._proc.stdin is not None
         _send(self._proc.stdin, json.dumps(self.rules.to_json()).encode())
