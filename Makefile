@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export AIRUT_LAB ?= /var/lib/airut-lab
 PY := $(AIRUT_LAB)/venv/bin/python
 
-.PHONY: test test-v2 demo lab lab-vm lab-down lint unit system bench
+.PHONY: test test-v2 demo lab lab-vm lab-down lint unit system bench deb
 
 # Unit and nspawn system tests, then the cgroup v2 lane in its VM (the nspawn guest is
 # down by then: the two labs never compete for the processor).
@@ -38,3 +38,7 @@ test-v2: lab-vm
 
 bench: lab
 	$(PY) -m bench.dispatch
+
+# The .deb for Debian 12, built in a clean bookworm chroot (debian/make-deb.sh).
+deb:
+	bash debian/make-deb.sh bookworm dist
