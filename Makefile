@@ -39,6 +39,8 @@ test-v2: lab-vm
 bench: lab
 	$(PY) -m bench.dispatch
 
-# The .deb for Debian 12, built in a clean bookworm chroot (debian/make-deb.sh).
+# The .debs for Debian 12 and 13, each built in a clean chroot of its release
+# (debian/make-deb.sh).
 deb:
 	bash debian/make-deb.sh bookworm dist
+	bash debian/make-deb.sh trixie dist
