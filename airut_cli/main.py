@@ -20,16 +20,19 @@ from airut_core.records import ReplyRecord
 from airut_ingest import local
 
 EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 1, 2, 3
+CONFIG_HELP = "configuration file (default /etc/airut/airut.yaml, or $AIRUT_CONFIG)"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="airut", description="Claude Code tasks by email, "
                                      "Slack or the command line.")
-    parser.add_argument("--config", help="configuration file (default /etc/airut/airut.yaml, "
-                                         "or $AIRUT_CONFIG)")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # --config is also taken after the subcommand (`airut check-config --config F`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("submit", help="submit a task through the local channel")
+    p = sub.add_parser("submit", parents=[common], help="submit a task through the local channel")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--repo", help="repository id (starts a new conversation)")
     target.add_argument("--conversation", help="conversation id to continue")
@@ -38,19 +41,21 @@ def main(argv: list[str] | None = None) -> None:
     _reply_options(p)
     p.add_argument("text", help="the message; '-' reads stdin, '@FILE' reads a file")
 
-    p = sub.add_parser("wait", help="wait for a task's reply and print it")
+    p = sub.add_parser("wait", parents=[common], help="wait for a task's reply and print it")
     p.add_argument("task")
     _reply_options(p)
 
-    p = sub.add_parser("stop", help="stop a waiting or running task")
+    p = sub.add_parser("stop", parents=[common], help="stop a waiting or running task")
     p.add_argument("task")
 
-    sub.add_parser("check-config", help="validate the configuration and summarise it")
+    sub.add_parser("check-config", parents=[common],
+                   help="validate the configuration and summarise it")
 
     p = sub.add_parser("email", help="the email channel")
     email_sub = p.add_subparsers(dest="email_command", required=True)
-    p = email_sub.add_parser("check", help="what the email daemon would make of a message "
-                                           "(one JSON object; exit 0 whatever the verdict)")
+    p = email_sub.add_parser("check", parents=[common],
+                             help="what the email daemon would make of a message "
+                                  "(one JSON object; exit 0 whatever the verdict)")
     p.add_argument("file", help="the message, as an .eml file ('-' for stdin)")
     p.add_argument("--repo", required=True, help="the repository whose mailbox it reached")
 

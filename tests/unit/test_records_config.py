@@ -141,6 +141,22 @@ def test_check_config_command(tmp_path, capsys):
     assert f"{bad}: repos.demo.resource_limits.cpus: expected a number" in capsys.readouterr().err
 
 
+def test_config_is_taken_before_or_after_the_subcommand(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("repos: {demo: {repo_url: /srv/git/demo.git}}")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("repos: [")
+    for argv in (["--config", str(good), "check-config"], ["check-config", "--config", str(good)],
+                 ["--config", str(bad), "check-config", "--config", str(good)]):  # the last wins
+        with pytest.raises(SystemExit) as exit_:
+            cli(argv)
+        assert exit_.value.code == 0, argv
+        assert "repository demo" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli(["check-config", "--config", str(bad)])
+    assert exit_.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
 def test_missing_configuration_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read the configuration"):
         config.load(tmp_path / "nope.yaml")
