@@ -145,7 +145,7 @@ def cmd_email(args: argparse.Namespace) -> int:
     from airut_core.guard import Permanent
     from airut_ingest.email import intake
     from airut_ingest.email.conversations import Conversations, home
-    from airut_ingest.email.examiner import Examiner, ExaminerFailed
+    from airut_ingest.email.examiner import Examiner, ExaminerFailed, ExaminerUnavailable
 
     cfg = config_mod.load(args.config)
     repo = cfg.repo(args.repo)
@@ -156,6 +156,7 @@ def cmd_email(args: argparse.Namespace) -> int:
                           home(cfg.paths.state, args.repo) / "reserved").known
     examiner = Examiner(intake.Rules.of(repo.email))  # the daemon's own way of reading
     try:
+        examiner.start()
         verdict = intake.decide(examiner.read(raw), known)
     except Permanent as e:
         print(json.dumps({"accepted": False, "reason": "quarantined"}, indent=1))
@@ -165,6 +166,9 @@ def cmd_email(args: argparse.Namespace) -> int:
         print(json.dumps({"accepted": False, "reason": "failed"}, indent=1))
         print(f"{e}: the daemon would retry it, then quarantine it", file=sys.stderr)
         return 0
+    except ExaminerUnavailable as e:
+        print(f"airut: {e}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         examiner.close()
     print(json.dumps(verdict.summary(), indent=1))

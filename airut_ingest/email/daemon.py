@@ -115,8 +115,9 @@ class EmailChannel:
                                                          home / "reserved")
         self.receive_guard = Guard("message", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
                                    store=home / "guard-receive", crash_limit=CRASH_LIMIT)
+        # Replies are composed in the daemon itself: its deaths on one count as usual.
         self.send_guard = Guard("outgoing mail", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
-                                store=home / "guard-send", crash_limit=CRASH_LIMIT)
+                                store=home / "guard-send")
         self.examiner = Examiner(intake.Rules.of(self.email))
         self.stopping = threading.Event()
         self.status = "starting"
@@ -194,6 +195,7 @@ class EmailChannel:
             key = message_key(raw)
             marker = self._marker(key)
             if marker is None:
+                self.examiner.start()  # one that cannot start is no message's failure
                 self.receive_guard.run(
                     key, lambda: self.intake(raw, key),
                     quarantine=lambda failures: self._set_aside(key, raw, failures, size))

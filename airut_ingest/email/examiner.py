@@ -12,11 +12,13 @@ So the daemon itself is never the victim of a message, and when it dies while a
 message is being read (a kill from outside, a restart), that is no evidence against
 the message: the guard counts such interruptions apart, with a higher limit.
 
-Between the two processes: frames of an 8-byte length and a payload over the child's
-stdin and stdout. The first frame to the child is the Rules (JSON), then one raw
-message per frame; each answer is JSON, {"verdict": …} or {"error": "too_complex" |
-"failed", "message": …}. JSON, not pickle: what comes back was made from hostile
-bytes.
+Between the two processes: frames of an 8-byte length and a payload over the
+child's stdin and stdout. The first frame to the child is the Rules (JSON), which
+it answers with READY (so an examiner that cannot start is told apart from a
+message that ends it); then one raw message per frame; each answer is JSON,
+{"verdict": …} or {"error": "too_complex" | "failed", "message": …}. JSON, not
+pickle: what comes back was made from hostile bytes, and the verdict is checked on
+arrival (Verdict.from_json).
 """
 
 from __future__ import annotations
@@ -43,10 +45,16 @@ EXAMINE_TIMEOUT = 60.0  # seconds for one message; the biggest allowed takes a f
 EXAMINE_MEMORY = 1 << 30  # address space of the examiner; a 60 MiB mail needs ~650 MiB
 FRAME_MAX = 1 << 31
 TICK = 1.0  # how often a waiting daemon says it is alive
+START_TIMEOUT = 30.0  # for a new examiner to say it is ready
+READY = {"ready": 1}  # its first answer: the protocol it speaks
 
 
 class ExaminerFailed(Exception):
     """Reading this message ended or stalled the examiner: a failure of the message."""
+
+
+class ExaminerUnavailable(Exception):
+    """The examiner does not start (a broken installation): no message's failure."""
 
 
 class Examiner:
@@ -57,17 +65,28 @@ class Examiner:
         self.memory = memory
         self._proc: subprocess.Popen | None = None
         self.started_total = 0  # examiners started, for tests and status
-        self.command = [sys.executable, "-m", "airut_ingest.email.examiner", str(memory)]
+        # -P: not the working directory's modules (`airut email check` runs anywhere).
+        self.command = [sys.executable, "-P", "-m", "airut_ingest.email.examiner",
+                        str(memory)]
 
     def start(self) -> None:
-        """Start the child now (it takes a few hundred milliseconds to import)."""
+        """Start the child now, unless it runs (it takes a few hundred milliseconds to
+        import). Raises ExaminerUnavailable when it does not come up: that is the
+        daemon's trouble, not any message's."""
         if self._proc is not None and self._proc.poll() is None:
             return
         self._proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, close_fds=True)
         self.started_total += 1
-        assert self._proc.stdin is not None
-        _send(self._proc.stdin, json.dumps(self.rules.to_json()).encode())
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            _send(self._proc.stdin, json.dumps(self.rules.to_json()).encode())
+            hello = json.loads(self._answer(self._proc.stdout, lambda: None, START_TIMEOUT))
+            if hello != READY:
+                raise ValueError(f"it said {hello!r}")
+        except (ExaminerFailed, OSError, ValueError) as e:
+            status = self.close()
+            raise ExaminerUnavailable(f"the examiner did not start ({status or e})") from e
 
     def read(self, raw: bytes, tick: Callable[[], None] = lambda: None) -> Verdict:
         """intake.read(raw), in the examiner. Raises TooComplex or ExaminerFailed."""
@@ -76,32 +95,36 @@ class Examiner:
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         try:
             _send(proc.stdin, raw)
-            answer = json.loads(self._answer(proc.stdout, tick))
+            answer = json.loads(self._answer(proc.stdout, tick, self.timeout))
         except ExaminerFailed:
             self.close()
             raise
         except (OSError, ValueError) as e:  # a broken pipe, a garbled answer
             status = self.close()
             raise ExaminerFailed(f"the examiner {status or 'failed'} reading it ({e})") from e
-        if isinstance(answer, dict) and isinstance(answer.get("verdict"), dict):
+        if isinstance(answer, dict) and "verdict" in answer:
             try:
                 return Verdict.from_json(answer["verdict"])
             except (TypeError, ValueError, KeyError) as e:
+                self.close()
                 raise ExaminerFailed(f"the examiner's verdict is unreadable: {e}") from e
+        # Whatever went wrong in it, the next message gets a fresh examiner (one that
+        # ran out of memory may not have given it back).
+        self.close()
         message = str(answer.get("message", "")) if isinstance(answer, dict) else ""
         if isinstance(answer, dict) and answer.get("error") == "too_complex":
             raise TooComplex(message)
         raise ExaminerFailed(message or "the examiner gave no verdict")
 
-    def _answer(self, stdout: BinaryIO, tick: Callable[[], None]) -> bytes:
-        deadline = time.monotonic() + self.timeout
+    def _answer(self, stdout: BinaryIO, tick: Callable[[], None], timeout: float) -> bytearray:
+        deadline = time.monotonic() + timeout
         fd = stdout.fileno()
         buf = bytearray()
         need = 8
         while len(buf) < need:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ExaminerFailed(f"reading it took longer than {self.timeout:g} s")
+                raise ExaminerFailed(f"reading it took longer than {timeout:g} s")
             ready, _, _ = select.select([fd], [], [], min(TICK, left))
             tick()
             if not ready:
@@ -114,7 +137,8 @@ class Examiner:
                 need = 8 + int.from_bytes(buf, "big")
                 if need > FRAME_MAX:
                     raise ExaminerFailed("the examiner's answer is too long")
-        return bytes(buf[8:])
+        del buf[:8]
+        return buf
 
     def _ended(self) -> str:
         assert self._proc is not None
@@ -180,6 +204,7 @@ def serve(memory: int, stdin: BinaryIO, stdout: BinaryIO) -> None:
     if first is None:
         return
     rules = Rules.from_json(json.loads(first))
+    _send(stdout, json.dumps(READY).encode())
     while (raw := _receive(stdin)) is not None:
         try:
             answer = {"verdict": intake.read(raw, rules).to_json()}

@@ -42,11 +42,28 @@ class Verdict:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> Verdict:
-        data = dict(data)
-        data["attachments"] = [Attachment(str(a["name"]), base64.b64decode(a["data"]))
-                               for a in data.get("attachments", [])]
-        return cls(**data)
+    def from_json(cls, data: object) -> Verdict:
+        """The examiner's verdict, checked like any input: the process that made it read
+        hostile bytes. ValueError when a field is missing, extra or of the wrong type,
+        or an attachment's name is not the plain name parse.safe_name makes."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError("not a verdict")
+        for name, value in data.items():
+            if name != "attachments" and not _fits(value, _VERDICT_TYPES[name]):
+                raise ValueError(f"verdict field {name} is not {_VERDICT_TYPES[name]}")
+        attachments = []
+        for item in data["attachments"]:
+            if not (isinstance(item, dict) and set(item) == {"name", "data"}
+                    and isinstance(item["name"], str) and isinstance(item["data"], str)):
+                raise ValueError("an attachment is not a name and data")
+            if parse.safe_name(item["name"], set()) != item["name"]:
+                raise ValueError(f"attachment name {item['name']!r} is not a plain name")
+            attachments.append(Attachment(item["name"], base64.b64decode(item["data"],
+                                                                          validate=True)))
+        if len({a.name for a in attachments}) != len(attachments):
+            raise ValueError("two attachments have one name")
+        return cls(**{**data, "attachments": attachments})
 
     def summary(self) -> dict:
         """The JSON `airut email check` prints."""
@@ -54,6 +71,20 @@ class Verdict:
                 "conversation_id": self.conversation_id, "subject": self.subject,
                 "text": self.text, "attachments": [a.name for a in self.attachments],
                 "model": self.model}
+
+
+_VERDICT_TYPES = {"accepted": "bool", "reason": "str", "detail": "str", "sender": "str?",
+                  "conversation_id": "str?", "subject": "str", "text": "str", "model": "str?",
+                  "message_id": "str?", "references": "[str]", "notes": "[str]",
+                  "dropped_reference": "str?"}
+
+
+def _fits(value: object, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str) or (kind == "str?" and value is None)
 
 
 @dataclass(frozen=True)
@@ -77,15 +108,6 @@ class Rules:
         return cls(str(data["address"]), str(data["trusted_authserv_id"]),
                    tuple(str(s) for s in data["authorized_senders"]),
                    int(data["max_attachment_bytes"]))
-
-
-def examine(raw: bytes, cfg: EmailConfig, known: Callable[[str], bool]) -> Verdict:
-    """known(conversation_id): may this repository's mail continue that conversation?
-
-    Raises TooComplex (a guard.Permanent) for a message beyond what airut reads:
-    the daemon quarantines it.
-    """
-    return decide(read(raw, Rules.of(cfg)), known)
 
 
 def read(raw: bytes, rules: Rules) -> Verdict:
@@ -118,7 +140,8 @@ def read(raw: bytes, rules: Rules) -> Verdict:
 
 
 def decide(verdict: Verdict, known: Callable[[str], bool]) -> Verdict:
-    """The conversation a read mail continues (or a new one), and whether it says
+    """The conversation a read mail continues (or a new one: known(conversation_id)
+    says whether this repository's mail may continue it), and whether the mail says
     anything at all."""
     if not verdict.accepted:
         return verdict

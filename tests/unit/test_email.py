@@ -44,8 +44,17 @@ def mail(body: str = "Please fix the bug.", sender: str = "Alice <alice@corp.tes
     return bytes(msg)
 
 
+def deep_mime(depth: int = 1000) -> bytes:
+    """MIME nested deeper than Python's email parser can recurse."""
+    body = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+                    for i in range(depth)) + b"--b%d\r\n\r\nx\r\n" % depth
+    return (b"Authentication-Results: " + PASS.encode() + b"\r\nFrom: alice@corp.test\r\n"
+            b"Subject: deep\r\nMessage-ID: <deep@x>\r\n"
+            b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + body)
+
+
 def check(raw: bytes, known=lambda cid: cid == "0a1b2c3d") -> intake.Verdict:
-    return intake.examine(raw, CFG, known)
+    return intake.decide(intake.read(raw, intake.Rules.of(CFG)), known)
 
 
 def test_an_authorized_sender_with_dmarc_pass_is_accepted():

@@ -9,6 +9,7 @@ import email.policy
 import json
 import multiprocessing
 import os
+import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,7 +22,8 @@ from airut_core.records import ReplyRecord
 from airut_ingest.email import compose, daemon, parse
 from airut_ingest.email.compose import Thread
 from airut_ingest.email.daemon import COMMITTED, PENDING, EmailChannel
-from tests.unit.test_email import PASS, config_text, mail
+from airut_ingest.email.examiner import ExaminerUnavailable
+from tests.unit.test_email import PASS, config_text, deep_mime, mail
 
 
 class Box:
@@ -154,6 +156,16 @@ def test_a_few_kills_from_outside_do_not_set_an_innocent_message_aside(channel, 
     box = Box(mail(message_id="<killer@x>"))
     channel.scan(box)
     assert box.removed == [1] and len(incoming(channel)) == 1 and channel.failed.names() == []
+
+
+def test_an_examiner_that_cannot_start_sets_no_message_aside(channel):
+    channel.examiner.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    box = Box(mail(message_id="<e1@x>"))
+    for _ in range(daemon.CRASH_LIMIT + 1):
+        with pytest.raises(ExaminerUnavailable):  # the receive loop: degraded, retrying
+            channel.scan(box)
+    assert box.messages and not box.quarantined and channel.failed.names() == []
+    assert channel.receive_guard.failures(daemon.message_key(box.messages[1])) == []
 
 
 def test_a_message_over_the_size_limit_is_quarantined_unread(channel, monkeypatch):
@@ -400,13 +412,7 @@ def test_a_quarantined_message_says_so_in_the_mail_it_was(channel, monkeypatch):
 
 
 def test_mime_nested_too_deep_for_the_parser_is_quarantined_with_its_header(channel):
-    depth = 1000
-    body = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
-                    for i in range(depth)) + b"--b%d\r\n\r\nx\r\n" % depth
-    raw = (b"Authentication-Results: " + PASS.encode() + b"\r\nFrom: alice@corp.test\r\n"
-           b"Subject: deep\r\nMessage-ID: <deep@x>\r\n"
-           b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n" + body)
-    box = Box(raw)
+    box = Box(deep_mime())
     channel.scan(box)
     assert box.quarantined == [(1, "airut-quarantine")]
     [record] = [channel.failed.read(n) for n in channel.failed.names()]

@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from airut_ingest.email import intake
-from airut_ingest.email.examiner import Examiner, ExaminerFailed
+from airut_ingest.email.examiner import Examiner, ExaminerFailed, ExaminerUnavailable
 from airut_ingest.email.parse import TooComplex
-from tests.unit.test_email import CFG, PASS, check, mail
+from tests.unit.test_email import CFG, PASS, check, deep_mime, mail
 
 RULES = intake.Rules.of(CFG)
 
@@ -35,6 +35,16 @@ def attached_mail(size: int) -> bytes:
             b"--m\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--m\r\n"
             b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
             b"Content-Disposition: attachment; filename=a.bin\r\n\r\n" + data + b"\r\n--m--\r\n")
+
+
+def fake_examiner(then: str) -> list[str]:
+    """A child that speaks the examiner's protocol up to a message's arrival, then
+    does `then` instead of reading it."""
+    ready = b'{"ready": 1}'
+    return [sys.executable, "-c", "import os, sys, time; f = sys.stdin.buffer; "
+            "f.read(int.from_bytes(f.read(8), 'big')); o = sys.stdout.buffer; "
+            f"o.write({len(ready).to_bytes(8, 'big')!r} + {ready!r}); o.flush(); f.read(8); "
+            + then]
 
 
 @pytest.fixture
@@ -62,15 +72,15 @@ def test_the_examiners_verdict_is_the_one_read_in_process(examiner):
 
 
 def test_a_message_that_takes_too_long_ends_the_examiner_not_the_caller(examiner):
-    examiner.start()
-    examiner.read(mail())  # started and warm: what follows is the slow mail's own time
-    examiner.timeout = 0.05  # it needs most of a second
+    real = examiner.command
+    examiner.command = fake_examiner("time.sleep(60)")  # a parser that never finishes
+    examiner.timeout = 1.5
     ticks = []
-    with pytest.raises(ExaminerFailed, match=r"longer than 0\.05 s"):
-        examiner.read(slow_mail(), tick=lambda: ticks.append(1))
+    with pytest.raises(ExaminerFailed, match=r"longer than 1\.5 s"):
+        examiner.read(mail(), tick=lambda: ticks.append(1))
     assert ticks  # the waiting daemon kept saying it is alive
-    examiner.timeout = 60
-    assert examiner.read(mail()).accepted  # a new examiner reads the next one
+    examiner.command, examiner.timeout = real, 60
+    assert examiner.read(slow_mail()).accepted  # a new examiner reads the next one
     assert examiner.started_total == 2
 
 
@@ -90,9 +100,7 @@ def test_an_examiner_killed_while_reading_is_a_failure_of_that_message_only(exam
     real = examiner.command
     # An examiner that dies as soon as a message arrives: what a crash in the parser
     # or the kernel's OOM killer comes to.
-    examiner.command = [sys.executable, "-c", "import os, sys; f = sys.stdin.buffer; "
-                        "f.read(int.from_bytes(f.read(8), 'big')); f.read(8); "
-                        "os.kill(os.getpid(), 9)"]
+    examiner.command = fake_examiner("os.kill(os.getpid(), 9)")
     with pytest.raises(ExaminerFailed, match="killed by SIGKILL"):
         examiner.read(mail())
     examiner.command = real
@@ -107,15 +115,10 @@ def test_an_examiner_that_died_between_messages_is_no_messages_failure(examiner)
 
 
 def test_a_parse_failure_comes_back_as_too_complex(examiner):
-    depth = 1000
-    body = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
-                    for i in range(depth)) + b"--b%d\r\n\r\nx\r\n" % depth
-    raw = (b"Authentication-Results: " + PASS.encode() + b"\r\nFrom: alice@corp.test\r\n"
-           b"Subject: deep\r\nMessage-ID: <deep@x>\r\nMIME-Version: 1.0\r\n"
-           b'Content-Type: multipart/mixed; boundary="b0"\r\n\r\n' + body)
-    with pytest.raises(TooComplex):
-        examiner.read(raw)
-    assert examiner.started_total == 1  # the examiner itself is fine
+    with pytest.raises(TooComplex, match="RecursionError"):
+        examiner.read(deep_mime())
+    assert examiner.started_total == 1
+    assert examiner.read(mail()).accepted and examiner.started_total == 2  # a fresh one
 
 
 def test_the_examiner_goes_when_its_daemon_goes(examiner):
@@ -123,3 +126,29 @@ def test_the_examiner_goes_when_its_daemon_goes(examiner):
     proc = examiner._proc
     proc.stdin.close()  # what the daemon's death does to the pipe
     assert proc.wait(10) == 0
+
+
+def test_an_examiner_that_cannot_start_is_not_a_messages_failure(examiner):
+    examiner.command = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(ExaminerUnavailable, match="exited with status 3"):
+        examiner.start()
+
+
+def verdict_json(**changes) -> dict:
+    data = intake.read(attached_mail(100), intake.Rules.of(
+        CFG.__class__(**{**CFG.__dict__, "max_attachment_bytes": 10_000}))).to_json()
+    return {**data, **changes}
+
+
+@pytest.mark.parametrize("changes", [
+    {"accepted": "false"}, {"text": 1}, {"sender": ["a"]}, {"references": "x"},
+    {"extra": 1}, {"attachments": [{"name": "../../etc/x", "data": ""}]},
+    {"attachments": [{"name": ".hidden", "data": ""}]},
+    {"attachments": [{"name": "a.txt", "data": "!!"}]},
+    {"attachments": [{"name": "a.txt", "data": ""}, {"name": "a.txt", "data": ""}]},
+])
+def test_a_verdict_from_the_examiner_is_checked_like_input(changes):
+    """The examiner read hostile bytes: what it answers is not trusted either."""
+    assert intake.Verdict.from_json(verdict_json()).accepted  # the real one passes
+    with pytest.raises(ValueError):
+        intake.Verdict.from_json(verdict_json(**changes))
