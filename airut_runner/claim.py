@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 
 from airut_core.records import RecordError, TaskRecord
-from airut_runner.context import Context, Refused, merged_of
+from airut_runner.context import Context, Refused, as_task, merged_of
 
 ATTACHMENTS_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 INCOMING_MAX = 8 << 20  # bytes of a channel's record (a mail's text is capped far below)
@@ -31,12 +31,7 @@ NOT_FROM_CHANNELS = ("state", "failures")  # the runner's own notes
 
 def check(ctx: Context, name: str, record: dict, where: str) -> TaskRecord:
     """The record as a task, or Refused saying why not."""
-    try:
-        task = TaskRecord.from_dict(record, f"{where}/{name}")
-    except RecordError as e:
-        raise Refused(str(e)) from e
-    if task.task_id != name:
-        raise Refused(f"record {name} carries task id {task.task_id}")
+    task = as_task(record, name, where)
     if task.attachments_dir is not None:
         check_attachments(ctx, task.attachments_dir)
     return task
@@ -77,7 +72,7 @@ def read_incoming(ctx: Context, name: str, cache: Waiting,
     if known and known[0] == key:
         task = known[1]
     else:
-        task = _check_incoming(ctx, name)
+        task = checked_incoming(ctx, name)
         if task is None:
             return None
         cache.seen[name] = (key, task)
@@ -86,7 +81,8 @@ def read_incoming(ctx: Context, name: str, cache: Waiting,
     return task
 
 
-def _check_incoming(ctx: Context, name: str) -> TaskRecord | None:
+def checked_incoming(ctx: Context, name: str) -> TaskRecord | None:
+    """A channel's record as a task: None when it is gone, Refused when it is not one."""
     try:
         record = ctx.spool.incoming.read(name, max_bytes=INCOMING_MAX)
     except FileNotFoundError:

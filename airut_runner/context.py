@@ -110,13 +110,7 @@ class Context:
     def task(self, name: str) -> tuple[dict, TaskRecord]:
         """A claimed task's record, checked; Refused if it is not a valid task."""
         record = self.spool.active.read(name)
-        try:
-            task = TaskRecord.from_dict(record, f"active/{name}")
-        except RecordError as e:
-            raise Refused(str(e)) from e
-        if task.task_id != name:
-            raise Refused(f"record {name} carries task id {task.task_id}")
-        return record, task
+        return record, as_task(record, name, "active")
 
     def peek(self, stage: Stage, name: str) -> dict:
         """A record as it is now, or {} when it is gone or unreadable."""
@@ -127,6 +121,17 @@ class Context:
 
     def state(self, name: str) -> dict:
         return state_of(self.peek(self.spool.active, name))
+
+    def note(self, name: str, facts: dict | None = None, drop: tuple[str, ...] = ()) -> dict:
+        """Write facts into a claimed task's state (the runner's own notes), drop others;
+        the record is rewritten only when that changes it. Returns the state."""
+        record = self.spool.active.read(name)
+        state = state_of(record)
+        new = {k: v for k, v in {**state, **(facts or {})}.items() if k not in drop}
+        if new != state:
+            record["state"] = new
+            self.spool.active.put(name, record)
+        return new
 
     def conversation_of(self, name: str) -> str | None:
         cid = self.peek(self.spool.active, name).get("conversation_id")
@@ -145,6 +150,17 @@ def state_of(record: dict) -> dict:
     """A record's state (the runner's own notes), {} when it has none of the right kind."""
     state = record.get("state")
     return state if isinstance(state, dict) else {}
+
+
+def as_task(record: dict, name: str, where: str) -> TaskRecord:
+    """A record of stage `where` as the task named `name`, or Refused saying why not."""
+    try:
+        task = TaskRecord.from_dict(record, f"{where}/{name}")
+    except RecordError as e:
+        raise Refused(str(e)) from e
+    if task.task_id != name:
+        raise Refused(f"record {name} carries task id {task.task_id}")
+    return task
 
 
 def merged_of(record: dict) -> list[dict]:

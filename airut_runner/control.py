@@ -1,15 +1,16 @@
 """Stop requests from control/ (`airut stop`, the dashboard).
 
-A request names a task wherever it is: waiting in incoming/ (answered at once as
-stopped), claimed and waiting for its image or a retry, or running (its unit is
-stopped; the unit's end is handled like any other). A task whose unit has vanished
-is left to the loop's check for lost units.
+A request names a task wherever it is: waiting in incoming/ (checked and claimed
+like any task, then answered at once as stopped; a record that is no task is left
+to the claim, which sets it aside), claimed and waiting for its image or a retry,
+or running (its unit is stopped; the unit's end is handled like any other). A task
+whose unit has vanished is left to the loop's check for lost units.
 """
 
 from __future__ import annotations
 
 from airut_core.records import ControlRecord, RecordError
-from airut_runner import finish
+from airut_runner import claim, finish
 from airut_runner.context import Context, Refused
 from airut_runner.outcome import Exit
 
@@ -32,7 +33,9 @@ def stop(ctx: Context, name: str, who: str) -> bool:
     log = ctx.log(name)
     if name in ctx.preparing or name in ctx.finishing:
         return False
-    if ctx.spool.incoming.move_to(name, ctx.spool.active):
+    waiting = claim.checked_incoming(ctx, name)  # a channel's bytes: checked first
+    if waiting is not None:
+        claim.claim(ctx, [waiting])  # root's own record, as for any claim
         log.info("stopped before it started (requested by %s)", who)
         mark_stopped(ctx, name)
         finish.begin(ctx, name, Exit())
@@ -51,8 +54,4 @@ def stop(ctx: Context, name: str, who: str) -> bool:
 
 
 def mark_stopped(ctx: Context, name: str) -> None:
-    record = ctx.spool.active.read(name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
-    state["stop_requested"] = True
-    record["state"] = state
-    ctx.spool.active.put(name, record)
+    ctx.note(name, {"stop_requested": True})

@@ -24,12 +24,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from airut_core import paths
-from airut_runner.context import Context, resource
+from airut_core.spool import DIR_FLAGS
+from airut_runner.context import Context, resource, state_of
 
 INTERVAL = 5.0
 INTERVAL_MAX = 60.0  # however slow the walk: a tree made slow to walk buys no more time
 SLACK = 64 << 20
 INODE_BYTES = 4096  # each file counts at least this: a million empty files are not free
+MAX_DEPTH = 256  # directories deeper than this are a tree built to defeat the watch
 
 
 class Watch:
@@ -81,6 +83,9 @@ class Watch:
         ctx = self.ctx
         try:
             used, took = future.result()
+        except Unmeasurable as e:
+            self._stop(name, {"used": 0, "unmeasurable": str(e)})
+            return
         except Exception as e:
             ctx.log(name).warning("cannot measure the task's disk use: %s", e)
             self.next_due[name] = time.monotonic() + INTERVAL
@@ -89,7 +94,7 @@ class Watch:
         if name not in ctx.running:
             return
         record = ctx.peek(ctx.spool.active, name)
-        state = record.get("state") if isinstance(record.get("state"), dict) else {}
+        state = state_of(record)
         repo = ctx.cfg.repos.get(record.get("repo")) if isinstance(record.get("repo"),
                                                                    str) else None
         if repo is None:
@@ -97,43 +102,75 @@ class Watch:
         limit = repo.resource_limits.disk
         start = state.get("disk_start")
         if not isinstance(start, int) or isinstance(start, bool):
-            state["disk_start"] = start = used  # the first measurement of this run
-            record["state"] = state
-            ctx.spool.active.put(name, record)
+            start = used  # the first measurement of this run
+            ctx.note(name, {"disk_start": start})
         if used <= limit or (start > limit and used <= start + SLACK):
             return
-        if state.get("disk_exceeded"):
+        self._stop(name, {"used": used, "limit": limit})
+
+    def _stop(self, name: str, exceeded: dict) -> None:
+        """Over budget, or made impossible to measure: stopped, and noted for its reply."""
+        if self.ctx.state(name).get("disk_exceeded") or name not in self.ctx.running:
             return  # already stopping
-        ctx.log(name).warning("stopping the task: its conversation uses %d bytes of disk, over "
-                              "its limit of %d", used, limit)
-        ctx.systemd.stop(ctx.running[name])  # if this fails, the next measurement retries
-        state["disk_exceeded"] = {"used": used, "limit": limit}
-        record["state"] = state
-        ctx.spool.active.put(name, record)
+        self.ctx.log(name).warning("stopping the task: %s", exceeded.get("unmeasurable") or (
+            f"its conversation uses {exceeded['used']} bytes of disk, over its limit of "
+            f"{exceeded['limit']}"))
+        self.ctx.systemd.stop(self.ctx.running[name])  # if this fails, the next one retries
+        self.ctx.note(name, {"disk_exceeded": exceeded})
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class Unmeasurable(Exception):
+    """A tree made so that it cannot be walked: the task is stopped as if over budget."""
+
+
 def usage(root: Path) -> int:
     """Bytes of disk taken by a tree: allocated blocks, each file at least INODE_BYTES;
-    walked through directory descriptors (os.fwalk), so a directory the agent swaps for
-    a link mid-walk is not followed; hard links counted once."""
+    hard links counted once. Walked depth first without recursion, through directory
+    descriptors (a directory the agent swaps for a link mid-walk is not followed), one
+    descriptor per level: a tree deeper than MAX_DEPTH is Unmeasurable."""
     total = 0
     seen: set[tuple[int, int]] = set()
-    try:
-        walk = os.fwalk(root, follow_symlinks=False)
-        for _, dirs, files, dir_fd in walk:
-            for entry in (*dirs, *files):
+    stack: list[tuple[int, list[str]]] = []  # a directory's descriptor, subdirectories left
+
+    def enter(fd: int) -> None:
+        nonlocal total
+        subdirs = []
+        stack.append((fd, subdirs))
+        if len(stack) > MAX_DEPTH:
+            raise Unmeasurable(f"directories nested more than {MAX_DEPTH} deep")
+        with os.scandir(fd) as entries:
+            for entry in entries:
                 try:
-                    info = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+                    info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                if stat.S_ISDIR(info.st_mode):
+                    subdirs.append(entry.name)
+                elif info.st_nlink > 1:
                     if (info.st_dev, info.st_ino) in seen:
                         continue
                     seen.add((info.st_dev, info.st_ino))
                 total += max(info.st_blocks * 512, INODE_BYTES)
+
+    try:
+        enter(os.open(root, DIR_FLAGS))
     except (FileNotFoundError, NotADirectoryError):
-        pass
+        return 0
+    try:
+        while stack:
+            fd, subdirs = stack[-1]
+            if not subdirs:
+                os.close(stack.pop()[0])
+                continue
+            try:
+                child = os.open(subdirs.pop(), DIR_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone, or swapped for something else meanwhile
+            enter(child)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
     return total

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from airut_core import conversation, paths
@@ -21,7 +21,7 @@ from airut_core.config import ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
 from airut_core.records import ReplyRecord
 from airut_runner import outbox, outcome, stream
-from airut_runner.context import Context, merged_of, resource
+from airut_runner.context import Context, merged_of, resource, state_of
 from airut_runner.outcome import Exit
 
 logger = logging.getLogger("airut.runner")
@@ -48,6 +48,10 @@ def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
         marker = ctx.peek(ctx.spool.finished, name) or {"service_result": "unknown"}
         exit = Exit.from_marker(marker)
         invocation = marker.get("invocation_id")
+    else:
+        # An ending no unit wrote down (lost, stopped before it ran) is written down
+        # here: a finish that fails is retried as this ending, never prepared again.
+        ctx.spool.finished.put(name, asdict(exit))
     ctx.running.pop(name, None)
     ctx.building.pop(name, None)
     ctx.waiting_ready.pop(name, None)
@@ -59,7 +63,7 @@ def begin(ctx: Context, name: str, exit: Exit | None = None) -> None:
 def summarize(ctx: Context, name: str, exit: Exit, invocation: str | None) -> Ending:
     """Worker thread: what happened, and the reply's text."""
     record, task = ctx.task(name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    state = state_of(record)
     repo = ctx.cfg.repos.get(task.repo)
     limits = repo.resource_limits if repo else ResourceLimits()
     conv = _conversation(ctx, task.conversation_id, task.repo)
@@ -96,10 +100,10 @@ def complete(ctx: Context, name: str) -> None:
     """The loop's thread: the worker is done; reply, release, forget."""
     ending = ctx.finishing.pop(name).result()  # the worker's exception, if any
     record, task = ctx.task(name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
+    state = state_of(record)
     conv = _conversation(ctx, task.conversation_id, task.repo)
     if ending.retry_fresh and conv:
-        retry_fresh(ctx, name, record, conv, ending.result)
+        retry_fresh(ctx, name, conv, ending.result)
         return
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
     release(ctx, name, cdir)
@@ -138,19 +142,15 @@ def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
     conversation.save(ctx.state_dir, conv)
 
 
-def retry_fresh(ctx: Context, name: str, record: dict, conv: Conversation, reason: str) -> None:
+def retry_fresh(ctx: Context, name: str, conv: Conversation, reason: str) -> None:
     """The session cannot go on: once, run the task again in a fresh session. The loop
     prepares it again (it is claimed, and nobody works on it)."""
     ctx.log(name).warning("%s: retrying once in a fresh session", reason.replace("_", " "))
     release(ctx, name, paths.conversation_dir(ctx.state_dir, conv.conversation_id))
     conv.session_id = None
     conversation.save(ctx.state_dir, conv)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
-    state["fresh_retry"] = reason
-    for key in ("unit", "events_offset", "resumed", "disk_exceeded"):
-        state.pop(key, None)
-    record["state"] = state
-    ctx.spool.active.put(name, record)
+    ctx.note(name, {"fresh_retry": reason},
+             drop=("unit", "events_offset", "resumed", "disk_exceeded"))
     ctx.spool.finished.remove(name)
 
 

@@ -69,7 +69,9 @@ def tell_sender(ctx: Context, name: str, record: dict, failures: list[dict],
     """A failure reply, if the record names a channel and an address that make sense."""
     last = failures[-1] if failures else {}
     text = last.get("reply") or SET_ASIDE.format(reason=_last(failures), stage=stage)
-    merged = merged_of(record)
+    # Merged messages are the runner's own notes, in active/ only: in a channel's
+    # record they are the channel's say, and name nobody to answer.
+    merged = merged_of(record) if stage == "active" else []
     try:
         reply = ReplyRecord.from_dict(ReplyRecord(
             task_id=name, conversation_id=(record.get("conversation_id") if

@@ -20,8 +20,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airut_core.spool import DIR_FLAGS
 from airut_runner.outcome import format_bytes
-from airut_runner.workspace import DIR_FLAGS, create_exclusive, safe_name
+from airut_runner.workspace import create_exclusive, safe_name
 
 ENTRIES_MAX = 1000  # outbox entries looked at per reply; the rest wait for the next
 NOTES_MAX = 20  # "not sent" notes in a reply

@@ -108,8 +108,12 @@ def _body(outcome: str, summary: RunSummary, limits: ResourceLimits, repo: str,
     detail = summary.result_text.strip()
     if outcome == "disk_limit":
         used = disk.get("used") if isinstance(disk.get("used"), int) else 0
-        return (f"The task was stopped: this conversation's files grew to "
-                f"{format_bytes(used)}, over its disk limit of {format_bytes(limits.disk)}. "
+        why = (f"its files could not be measured ({disk['unmeasurable']}) against its disk "
+               f"limit of {format_bytes(limits.disk)}" if isinstance(disk.get("unmeasurable"),
+                                                                    str)
+               else f"this conversation's files grew to {format_bytes(used)}, over its disk "
+                    f"limit of {format_bytes(limits.disk)}")
+        return (f"The task was stopped: {why}. "
                 "Work done so far is kept: reply asking the agent to make room (build "
                 "outputs, caches, downloads), or ask the operator to raise "
                 f"repos.{repo or '<repository>'}.resource_limits.disk.")

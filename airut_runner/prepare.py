@@ -27,8 +27,8 @@ from airut_runner.sandbox import SandboxError
 
 def prepare(ctx: Context, name: str) -> Prepared:
     record, task = ctx.task(name)
-    claim.check(ctx, name, {k: v for k, v in record.items() if k not in ("state", "failures")},
-                "active")
+    if task.attachments_dir is not None:
+        claim.check_attachments(ctx, task.attachments_dir)
     state = state_of(record)
     merged = [claim.check(ctx, m["task_id"], m, f"active/{name} (merged)")
               for m in merged_of(record)]
@@ -118,12 +118,7 @@ def _network(ctx: Context, name: str, task: TaskRecord, repo: RepoConfig, conv: 
 
 def _note(ctx: Context, name: str, key: str, value: object) -> None:
     """A fact about the task in its record's state (only this thread works on it now)."""
-    record = ctx.spool.active.read(name)
-    state = record.get("state") if isinstance(record.get("state"), dict) else {}
-    if state.get(key) != value:
-        state[key] = value
-        record["state"] = state
-        ctx.spool.active.put(name, record)
+    ctx.note(name, {key: value})
 
 
 def collect(ctx: Context, name: str) -> None:

@@ -46,16 +46,12 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
         if paths.daemon_gid() is not None:
             os.chown(events, 0, paths.daemon_gid())
     unit = units.unit_name(conv.conversation_id, name)
-    state = state_of(record)
-    if state.get("fresh_retry"):
+    if state_of(record).get("fresh_retry"):
         unit = unit.replace(".service", "-fresh.service")
-    state.update({"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
-                  "started": utc_now(), "stop_requested": False,
-                  "resumed": bool(conv.session_id), "sandbox": policy is not None,
-                  "disk_start": prepared.disk_start})
-    state.pop("disk_exceeded", None)
-    record["state"] = state
-    ctx.spool.active.put(name, record)
+    ctx.note(name, {"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
+                    "started": utc_now(), "stop_requested": False,
+                    "resumed": bool(conv.session_id), "sandbox": policy is not None,
+                    "disk_start": prepared.disk_start}, drop=("disk_exceeded",))
     if policy:
         ctx.sandbox.write_policy(policy)
     else:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from airut_core.conversation import SESSION_ID
+
 NO_OUTPUT = "No output received from Claude."
 ANCHOR_WINDOW = 4
 ANCHOR_RATIO = 4
@@ -34,7 +36,6 @@ RESULTS_MAX = 20
 REPLY_MAX = 100_000  # characters of reply text
 TEXT_MAX = 20_000  # characters of one result text or error kept for the reply
 SURROGATE = re.compile("[\ud800-\udfff]")
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 @dataclass

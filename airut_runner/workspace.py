@@ -28,6 +28,7 @@ from airut_core import conversation, paths
 from airut_core.config import RepoConfig
 from airut_core.conversation import Conversation
 from airut_core.records import TaskRecord
+from airut_core.spool import DIR_FLAGS
 from airut_runner import uids
 from airut_runner.mirror import Mirror
 
@@ -36,7 +37,6 @@ CONTAINER_DIRS = ("workspace", "claude", "inbox", "outbox", "storage")
 NAME_MAX_BYTES = 200  # of a file name we create; filesystems stop at 255
 ATTACHMENTS_MAX_FILES = 100  # per task: a channel's own caps are lower
 ATTACHMENTS_MAX_BYTES = 256 << 20
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class WrongRepository(Exception):

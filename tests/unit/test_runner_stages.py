@@ -19,7 +19,8 @@ import pytest
 from airut_core import config
 from airut_core.records import ControlRecord, TaskRecord
 from airut_core.spool import Stage
-from airut_runner import daemon, units
+from airut_runner import control, daemon, disk, finish, units
+from airut_runner.context import Refused
 
 
 class FakeSystemd:
@@ -152,6 +153,15 @@ RESULT = json.dumps({"type": "result", "session_id": "s-1", "result": "done",
                      "total_cost_usd": 0.01, "num_turns": 1, "duration_ms": 5})
 
 
+def answered_conversation(runner) -> str:
+    """A conversation whose first task ran and was answered: its id."""
+    first = submit(runner)
+    spin(runner, lambda: unit_of(runner, first))
+    end_unit(runner, first, events=[RESULT])
+    spin(runner, lambda: reply_of(runner, first))
+    return reply_of(runner, first)["conversation_id"]
+
+
 def test_a_task_runs_and_is_answered(runner):
     task = submit(runner)
     spin(runner, lambda: unit_of(runner, task))
@@ -208,6 +218,51 @@ def test_a_stop_for_a_vanished_unit_is_done_with(runner):
     assert runner.ctx.spool.control.names() == []
 
 
+def test_a_set_aside_channel_record_answers_only_its_own_sender(runner):
+    forged = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me@x",
+                        text="hi").to_dict()
+    forged["state"] = {"merged": [{"task_id": "20200101T000000000-aaaaaa",
+                                   "reply_to": "someone-else"}]}
+    put_raw(runner, forged["task_id"], forged)
+    spin(runner, lambda: reply_of(runner, forged["task_id"]))
+    reply = reply_of(runner, forged["task_id"])
+    assert reply["reply_to"] == "me" and reply["outcome"] == "failed"
+    assert reply.get("merged_reply_to", []) == [] and reply.get("merged_task_ids", []) == []
+
+
+def test_a_stop_for_a_waiting_record_checks_it_like_a_claim(runner):
+    """A channel's record never reaches active/ unchecked, not even to be stopped."""
+    forged = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me@x",
+                        text="hi").to_dict()
+    forged["state"] = {"merged": [{"task_id": "20200101T000000000-aaaaaa",
+                                   "reply_to": "someone-else"}]}
+    put_raw(runner, forged["task_id"], forged)
+    with pytest.raises(Refused, match="the runner's own notes"):
+        control.stop(runner.ctx, forged["task_id"], "test")
+    assert not runner.ctx.spool.active.exists(forged["task_id"])
+    good = submit(runner)
+    assert control.stop(runner.ctx, good, "test")
+    spin(runner, lambda: reply_of(runner, good))
+    assert reply_of(runner, good)["outcome"] == "stopped"
+
+
+def test_a_lost_task_whose_ending_fails_once_is_not_run_again(runner, monkeypatch):
+    task = submit(runner)
+    spin(runner, lambda: unit_of(runner, task))
+    runner.ctx.systemd.units.clear()  # vanished without its marker
+    real, calls = finish.summarize, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        return real(*args)
+    monkeypatch.setattr(finish, "summarize", flaky)
+    spin(runner, lambda: reply_of(runner, task))
+    assert len(calls) == 2 and reply_of(runner, task)["outcome"] == "failed"
+    assert len([u for u in runner.ctx.systemd.started if task in u]) == 1  # run once
+
+
 def test_a_build_unit_that_cannot_start_frees_its_slot(runner, tmp_path):
     repo = Path(runner.cfg.repos["demo"].repo_url)
     (repo / ".airut/container").mkdir(parents=True)
@@ -228,11 +283,7 @@ def test_a_build_unit_that_cannot_start_frees_its_slot(runner, tmp_path):
 
 
 def test_a_conversation_waits_while_its_task_waits_for_a_retry(runner):
-    first = submit(runner)
-    spin(runner, lambda: unit_of(runner, first))
-    end_unit(runner, first, events=[RESULT])
-    spin(runner, lambda: reply_of(runner, first))
-    cid = reply_of(runner, first)["conversation_id"]
+    cid = answered_conversation(runner)
     runner.ctx.tasks.delay = 3600  # the first failure makes a task wait an hour
     good_url = runner.cfg.repos["demo"].repo_url
     runner.cfg.repos["demo"].repo_url = "/nonexistent"
@@ -260,11 +311,7 @@ def test_a_task_that_keeps_failing_is_set_aside_with_its_reasons(runner):
 
 
 def test_a_conversation_of_another_repository_is_not_resumed(runner):
-    first = submit(runner)
-    spin(runner, lambda: unit_of(runner, first))
-    end_unit(runner, first, events=[RESULT])
-    spin(runner, lambda: reply_of(runner, first))
-    cid = reply_of(runner, first)["conversation_id"]
+    cid = answered_conversation(runner)
     task = TaskRecord(repo="other", channel="local", reply_to="me", sender="me", text="x",
                       conversation_id=cid)
     runner.ctx.spool.incoming.put(task.task_id, task.to_dict())
@@ -284,11 +331,7 @@ def test_prompt_too_long_in_a_new_conversation_is_answered_not_retried(runner):
 
 
 def test_messages_of_two_channels_never_merge(runner):
-    first = submit(runner)
-    spin(runner, lambda: unit_of(runner, first))
-    end_unit(runner, first, events=[RESULT])
-    spin(runner, lambda: reply_of(runner, first))
-    cid = reply_of(runner, first)["conversation_id"]
+    cid = answered_conversation(runner)
     by_mail = TaskRecord(repo="demo", channel="email-demo", reply_to="{}", sender="a@x",
                          text="by mail", conversation_id=cid)
     runner.ctx.spool.incoming.put(by_mail.task_id, by_mail.to_dict())
@@ -356,3 +399,19 @@ def test_disk_usage_counts_files_and_follows_no_link(tmp_path):
         (tree / f"empty-{i}").touch()
     (tree / "elsewhere").symlink_to("/usr")
     assert 100 * disk.INODE_BYTES <= disk.usage(tree) < 110 * disk.INODE_BYTES + (1 << 20)
+
+
+def test_a_tree_built_to_defeat_the_disk_watch_is_unmeasurable(tmp_path):
+    """Python's own walk recursed, one descriptor per level: a deep enough tree made
+    every measurement fail, and the task ran on unbudgeted."""
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "f").write_bytes(b"x")
+    here = deep
+    for _ in range(disk.MAX_DEPTH - 1):
+        here = here / "d"
+        here.mkdir()
+    assert disk.usage(deep) >= disk.MAX_DEPTH * disk.INODE_BYTES  # at the limit: measured
+    (here / "d").mkdir()
+    with pytest.raises(disk.Unmeasurable, match="nested more than"):
+        disk.usage(deep)
