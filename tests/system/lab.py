@@ -120,6 +120,14 @@ class Lab:
         out = self.guest("systemctl", "show", unit, "-p", ",".join(names)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    def reload_runner(self) -> None:
+        """`systemctl reload airut-runner`, returning once it has read its configuration."""
+        def reloads() -> int:
+            return self.journal("SYSLOG_IDENTIFIER=airut-runner").count("configuration reloaded")
+        count = reloads()
+        self.guest("systemctl", "reload", "airut-runner.service")
+        wait_until(lambda: reloads() > count, 30, "the runner to reload")
+
     def journal(self, *matches: str) -> str:
         return self.guest("journalctl", "--no-pager", "-o", "cat", *matches).stdout
 
@@ -188,6 +196,27 @@ url_prefixes:
 """
 WRITE_ALLOWLIST = (f"mkdir -p .airut && cat > .airut/network-allowlist.yaml <<'EOF'\n"
                    f"{ALLOWLIST}EOF\n")
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.3):
+    """predicate()'s first true value, asked every `step` seconds for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
+def bash(command: str) -> dict:
+    """A demo-model turn: the agent runs a shell command."""
+    return {"tool": "Bash", "input": {"command": command}}
+
+
+def say(text: str) -> dict:
+    """A demo-model turn: the agent answers."""
+    return {"text": text}
+
 
 MAILBOX_DUMP = """
 import base64, imaplib, sys

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from airut_core.records import TaskRecord
 from airut_core.spool import Stage
 from airut_ingest.email.compose import Thread
+from tests.system.lab import wait_until
 
 ALICE = ("alice@corp.test", "alice-pass")
 CAROL = ("carol@corp.test", "carol-pass")
@@ -200,16 +201,6 @@ def test_malformed_mime_and_unknown_charsets_are_survived(lab, dkim_key):
 SEAM = "/usr/local/lib/airut-test/email_seam.py"
 SEAM_DROPIN = "/run/systemd/system/airut-email@mail.service.d/seam.conf"
 PAUSE_FLAG = "/run/airut-test/pause-remove"
-
-
-def wait_until(predicate, timeout: float, what: str, step: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
 
 
 def restart_email(lab) -> None:

@@ -13,15 +13,8 @@ import time
 
 from airut_core.records import TaskRecord
 from airut_core.spool import Stage, new_name
+from tests.system.lab import bash, say
 from tests.system.test_runner import imaged_repo
-
-
-def bash(command: str) -> dict:
-    return {"tool": "Bash", "input": {"command": command}}
-
-
-def say(text: str) -> dict:
-    return {"text": text}
 
 
 def put_task(lab, **fields) -> str:
@@ -228,8 +221,7 @@ def test_a_conversation_waits_while_its_task_waits_for_a_retry(lab):
     lab.guest("mv", "/srv/git/demo.git", "/srv/git/demo.git.away")
     try:
         config.write_text(original.replace("retry_delay: 0.2", "retry_delay: 4"))
-        lab.guest("systemctl", "reload", "airut-runner")
-        time.sleep(1)
+        lab.reload_runner()
         a = put_task(lab, conversation_id=conv, text="[[scenario:echo]] A")
         deadline = time.monotonic() + 20
         while "cannot fetch" not in lab.journal(f"AIRUT_TASK={a}"):
@@ -243,7 +235,7 @@ def test_a_conversation_waits_while_its_task_waits_for_a_retry(lab):
     finally:
         lab.guest("mv", "/srv/git/demo.git.away", "/srv/git/demo.git")
         config.write_text(original)
-        lab.guest("systemctl", "reload", "airut-runner")
+        lab.reload_runner()
     ra, rb = lab.wait_reply(a, timeout=90), lab.wait_reply(b, timeout=90)
     assert ra["outcome"] == "success" and rb["outcome"] == "success", (ra, rb)
     order = [r["task_id"] for r in lab.conversation(conv)["replies"]]
@@ -270,11 +262,16 @@ def test_a_build_unit_that_cannot_start_does_not_hold_a_slot(lab):
 
 # -- disk ---------------------------------------------------------------------------------
 
-def test_a_task_over_its_disk_budget_is_stopped_and_told(lab):
-    fill = lab.scenario("fill-workspace", [
-        bash("dd if=/dev/zero of=/workspace/big bs=1M count=200 status=none; sleep 60"),
+def fill(lab, path: str) -> dict:
+    """A task of repository disk (64 MiB) writing 200 MiB into path: its reply."""
+    name = lab.scenario(f"fill-{path.strip('/').replace('/', '-')}", [
+        bash(f"dd if=/dev/zero of={path} bs=1M count=200 status=none; sleep 60"),
         say("never")])
-    reply = lab.submit(f"{fill} fill the disk", repo="disk", timeout=120)
+    return lab.submit(f"{name} fill {path}", repo="disk", timeout=120)
+
+
+def test_a_task_over_its_disk_budget_is_stopped_and_told(lab):
+    reply = fill(lab, "/workspace/big")
     assert reply["outcome"] == "disk_limit", reply
     assert "disk limit of 64 MiB" in reply["text"]
     assert "repos.disk.resource_limits.disk" in reply["text"]
@@ -289,10 +286,7 @@ def test_a_task_over_its_disk_budget_is_stopped_and_told(lab):
 
 
 def test_writes_into_the_containers_own_filesystem_count_too(lab):
-    fill = lab.scenario("fill-root", [
-        bash("dd if=/dev/zero of=/var/tmp/big bs=1M count=200 status=none; sleep 60"),
-        say("never")])
-    reply = lab.submit(f"{fill} fill the container", repo="disk", timeout=120)
+    reply = fill(lab, "/var/tmp/big")
     assert reply["outcome"] == "disk_limit", reply
 
 
@@ -335,14 +329,20 @@ def test_the_workspace_holds_no_repository_credentials(lab):
               "8099", "--bind", "127.0.0.1", "--directory", "/srv/git")
     try:
         marker = lab.scenario("read-origin", [
-            bash("git -C /workspace remote -v; grep -rl TOKEN-SECRET /workspace/.git "
-                 "/root/.claude; echo searched"), say("{tool_result}")])
+            # What grep finds is printed between two marker lines (matched with their
+            # newline, which the command's own text lacks); the session's transcript
+            # (projects/) holds this very command, token included, and is left out.
+            bash("git -C /workspace remote -v; printf '%s\\n' FOUND-{; grep -rl "
+                 "--exclude-dir=projects TOKEN-SECRET /workspace/.git /root/.claude; "
+                 "printf '%s\\n' }-FOUND"), say("{tool_result}")])
         reply = lab.submit(f"{marker} where from?", repo="private", timeout=120)
     finally:
         lab.guest("systemctl", "stop", "lab-git-http", check=False)
     assert reply["outcome"] == "success", reply
     assert "http://127.0.0.1:8099/demo.git" in reply["text"]
-    assert "TOKEN-SECRET" not in reply["text"].replace("grep -rl TOKEN-SECRET", "")
+    origin, _, rest = reply["text"].partition("FOUND-{\n")
+    assert "TOKEN-SECRET" not in origin and "}-FOUND" in rest
+    assert rest.partition("}-FOUND")[0].strip() == ""  # no file holds the token
     conv = reply["conversation_id"]
     config = (lab.conversation_dir(conv) / "workspace/.git/config").read_text()
     assert "TOKEN-SECRET" not in config and "airut:" not in config
@@ -359,7 +359,7 @@ def test_outbox_names_from_the_agent_are_made_safe(lab):
     names = reply["attachments"]
     assert "plain.txt" in names and len(names) == 3, names
     for name in names:
-        assert name.encode("utf-8") and len(name.encode()) <= 200
+        assert name.isprintable() and len(name.encode()) <= 200  # no lone surrogates
         assert (lab.spool / "outgoing/local" / f"{reply['task_id']}.files" / name).exists()
     assert any(n.startswith("bad") and n.endswith("name.txt") for n in names)
 

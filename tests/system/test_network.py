@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from tests.system.lab import REAL_API_KEY, REAL_GH_TOKEN
+from tests.system.lab import REAL_API_KEY, REAL_GH_TOKEN, wait_until
 
 PROBE = r"""
 # H2 HOST PATH [HOST-HEADER...]: one HTTP/2 GET with these host headers besides
@@ -269,8 +269,6 @@ def test_allowed_names_do_not_reach_private_addresses(lab, probe, name, reason, 
     assert not upstream_saw(lab, trace)
     if reason == "address":
         assert "loopback" in body
-    # The lab lets the proxy reach 127.0.0.1 (its upstreams) and nothing else private.
-    assert "127.0.0.1/32" in lab.guest("cat", "/etc/airut/airut.yaml").stdout
 
 
 def test_http2_requests_carry_exactly_one_authority(lab, probe):
@@ -440,13 +438,6 @@ def container_has(lab, task: str, path: str) -> bool:
                      check=False).returncode == 0
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_stopping_airut_leaves_the_fence_around_running_tasks(lab):
     lab.guest("systemd-run", "--unit=lab-hole", "python3", "-m", "http.server", "--bind",
               "0.0.0.0", str(HOLE_PORT))
@@ -544,19 +535,11 @@ def test_a_download_bigger_than_the_proxy_may_hold_streams_through(lab):
 
 # -- network.log has a cap ----------------------------------------------------------
 
-def reload_runner(lab) -> None:
-    def reloads() -> int:
-        return lab.journal("SYSLOG_IDENTIFIER=airut-runner").count("configuration reloaded")
-    count = reloads()
-    lab.guest("systemctl", "reload", "airut-runner.service")
-    wait_until(lambda: reloads() > count, 30, "the runner to reload")
-
-
 def test_network_log_is_capped(lab):
     config = yaml.safe_load((lab.root / "etc/airut/airut.yaml").read_text())
     capped = {**config, "proxy": {**config["proxy"], "network_log_max_bytes": 8192}}
     lab.write_config(capped)
-    reload_runner(lab)
+    lab.reload_runner()
     try:
         marker = lab.scenario("chatty", [{"tool": "Bash", "input": {
             "command": "for i in $(seq 150); do curl -s -o /dev/null https://other.test/n-$i; "
@@ -564,7 +547,7 @@ def test_network_log_is_capped(lab):
         reply = lab.submit(f"{marker} chatty", repo="demo")
     finally:
         lab.write_config(config)
-        reload_runner(lab)
+        lab.reload_runner()
     assert reply["outcome"] == "success", reply
     log = (lab.conversation_dir(reply["conversation_id"]) / "network.log").read_bytes()
     assert len(log) <= 8192

@@ -13,16 +13,7 @@ import time
 
 import pytest
 
-from tests.system.lab import WRITE_ALLOWLIST
-
-
-def bash(command: str) -> dict:
-    return {"tool": "Bash", "input": {"command": command}}
-
-
-def say(text: str) -> dict:
-    return {"text": text}
-
+from tests.system.lab import WRITE_ALLOWLIST, bash, say
 
 # -- outcomes --------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ def test_interruptions_count_apart_up_to_their_own_limit(tmp_path):
             p = ctx.Process(target=_die_in_work, args=(str(tmp_path),))
             p.start()
             p.join(10)
+            assert p.exitcode == 9
     die(3)
     guard = Guard("item", log, limit=3, delay=0, store=tmp_path, crash_limit=5)
     aside: list = []

@@ -19,27 +19,10 @@ import time
 
 import pytest
 
+from tests.system.lab import bash, say, wait_until
 from tests.vm.vm import IMAGE_MARK
 
 TASK_TIMEOUT = 600  # seconds for one task in the emulated machine
-
-
-def bash(command: str) -> dict:
-    return {"tool": "Bash", "input": {"command": command}}
-
-
-def say(text: str) -> dict:
-    return {"text": text}
-
-
-def wait_for(what: str, check, timeout: float = 300, pause: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(pause)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def payload_pids(vm, cgroup: str, command: str) -> list[str]:
@@ -71,13 +54,19 @@ def test_the_machine_is_a_debian_server_on_cgroup_v2(vm):
         assert vm.guest("systemctl", "is-active", unit).stdout.strip() == "active"
 
 
+def started(vm, name: str, turns: list, text: str, repo: str = "demo") -> tuple[str, str, str]:
+    """A task of scenario `name`, submitted and running: its id, unit and cgroup."""
+    marker = vm.scenario(name, turns)
+    task = vm.submit_no_wait(f"{marker} {text}", repo=repo)
+    unit = vm.wait_for_unit(task, timeout=120)
+    return task, unit, vm.cgroup(unit)
+
+
 def test_memory_limit_ends_in_an_oom_kill_and_the_reply_says_so(vm):
     # Twelve processes of 40 MiB each: together past the 320 MiB limit.
     hog = "for i in $(seq 12); do perl -e '$x = \"a\" x (40 << 20); sleep 60' & done; wait"
-    marker = vm.scenario("oom", [bash(hog), say("I allocated half a gigabyte.")])
-    task = vm.submit_no_wait(f"{marker} use a lot of memory", repo="small")
-    unit = vm.wait_for_unit(task, timeout=120)
-    cgroup = vm.cgroup(unit)
+    task, unit, cgroup = started(vm, "oom", [bash(hog), say("I allocated half a gigabyte.")],
+                                 "use a lot of memory", repo="small")
     assert vm.read(f"{cgroup}/memory.max").strip() == str(320 << 20)
     # With swap on the machine, a limit on RAM alone would let the task swap instead.
     assert vm.read(f"{cgroup}/memory.swap.max").strip() == "0"
@@ -98,20 +87,17 @@ def test_memory_limit_ends_in_an_oom_kill_and_the_reply_says_so(vm):
 def test_task_end_to_end_in_its_unit_cgroup(vm):
     # The repository's Dockerfile: the first task of the session built its image in a
     # build unit, whose exit helper (ExecStopPost) had to run for any task to start.
-    marker = vm.scenario("write-file", [
+    task, unit, cgroup = started(vm, "write-file", [
         bash("sleep 10; echo made-by-agent > created.txt; cat /etc/image-mark"),
-        say("I created created.txt in an image {tool_result}")])
-    task = vm.submit_no_wait(f"{marker} leave a file", repo="demo")
-    unit = vm.wait_for_unit(task, timeout=120)
-    cgroup = vm.cgroup(unit)
+        say("I created created.txt in an image {tool_result}")], "leave a file")
     assert cgroup.startswith("/sys/fs/cgroup/airut.slice/airut-tasks.slice/")
     assert vm.read(f"{cgroup}/memory.max").strip() == str(1 << 30)
     assert vm.read(f"{cgroup}/cpu.max").strip() == "100000 100000"
     assert vm.read(f"{cgroup}/pids.max").strip() == "256"
     # The agent runs in the container's cgroup inside the unit (--cgroups=split), not
     # in a scope of its own under machine.slice, where no unit limit would reach it.
-    agent = wait_for("the agent in the unit's cgroup",
-                     lambda: payload_pids(vm, cgroup, "claude"), timeout=240)
+    agent = wait_until(lambda: payload_pids(vm, cgroup, "claude"), 240,
+                       "the agent in the unit's cgroup", step=1.0)
     assert f"0::{cgroup.removeprefix('/sys/fs/cgroup')}/libpod-payload-" in vm.read(
         f"/proc/{agent[0]}/cgroup")
 
@@ -135,12 +121,10 @@ def test_task_end_to_end_in_its_unit_cgroup(vm):
 def busy_task(vm):
     """A task whose agent runs two busy loops: it wants two CPUs and is allowed one."""
     spin = "for i in 1 2; do timeout 900 sh -c 'while :; do :; done' & done; wait"
-    marker = vm.scenario("busy", [bash(spin), say("Finished spinning.")])
-    task = vm.submit_no_wait(f"{marker} keep the processor busy", repo="demo")
-    unit = vm.wait_for_unit(task, timeout=120)
-    cgroup = vm.cgroup(unit)
-    wait_for("both busy loops in the container",
-             lambda: len(payload_pids(vm, cgroup, "sh")) >= 2, timeout=TASK_TIMEOUT)
+    task, unit, cgroup = started(vm, "busy", [bash(spin), say("Finished spinning.")],
+                                 "keep the processor busy")
+    wait_until(lambda: len(payload_pids(vm, cgroup, "sh")) >= 2, TASK_TIMEOUT,
+               "both busy loops in the container", step=1.0)
     return task, unit, cgroup
 
 
