@@ -4,13 +4,23 @@
   airut submit --conversation ID "text" continue one
   airut wait TASK                       print the reply of a task submitted with --no-wait
   airut stop TASK                       ask the runner to stop a task
-  airut check-config [--config PATH]    validate the configuration
+
+For operators (as root):
+  airut check [--offline]               host, configuration, secrets, repositories, mail
+  airut reload                          apply an edited configuration (channels follow it)
+  airut status [--json]                 daemons, queue depths, running tasks
+  airut tasks [--repo R] [--since 2h]   recent tasks
+  airut logs TASK [-f]                  one task's story across every daemon
+  airut setup claude                    install the pinned Claude Code CLI (npm)
+  airut check-config                    only validate the configuration file
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,6 +60,37 @@ def main(argv: list[str] | None = None) -> None:
 
     sub.add_parser("check-config", parents=[common],
                    help="validate the configuration and summarise it")
+
+    p = sub.add_parser("check", parents=[common],
+                       help="can this host run airut with this configuration? (exit 1: no)")
+    p.add_argument("--offline", action="store_true",
+                   help="skip the repositories and mail servers")
+
+    sub.add_parser("reload", parents=[common],
+                   help="check the configuration, then apply it: channels follow it, "
+                        "running tasks are left alone")
+
+    p = sub.add_parser("status", parents=[common],
+                       help="daemons, queue depths per stage, running tasks")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("tasks", parents=[common], help="recent tasks, newest first")
+    p.add_argument("--repo", help="only this repository's")
+    p.add_argument("--since", help="only this recent: 90s, 30m, 2h, 7d")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logs", parents=[common],
+                       help="one task's journal lines from every daemon and its units")
+    p.add_argument("task")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+    p = sub.add_parser("setup", help="set up what the package cannot download")
+    setup_sub = p.add_subparsers(dest="setup_command", required=True)
+    p = setup_sub.add_parser("claude", parents=[common],
+                             help="install the pinned Claude Code CLI into the cache (npm)")
+    p.add_argument("npm_args", nargs="*", metavar="NPM_ARG",
+                   help="passed to npm install after --, e.g. -- --offline "
+                        "--cache /srv/npm-cache")
 
     p = sub.add_parser("email", help="the email channel")
     email_sub = p.add_subparsers(dest="email_command", required=True)
@@ -141,6 +182,77 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from airut_cli import check
+
+    failed = 0
+    for line in check.run(args.config, offline=args.offline):
+        print(line, flush=True)
+        failed += line.ok is False
+    print(f"\n{failed} check(s) failed" if failed else "\nall checks passed")
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from airut_cli import operate
+
+    # Every secret too: a configuration the daemons would refuse is not applied.
+    cfg = config_mod.load(args.config, config_mod.every_secret)
+    for line in operate.reload(cfg):
+        print(line)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from airut_cli import operate
+
+    s = operate.status(config_mod.load(args.config))
+    if args.json:
+        print(operate.as_json(s))
+    else:
+        operate.print_status(s)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from airut_cli import operate
+
+    try:
+        since = operate.parse_since(args.since) if args.since else None
+    except ValueError as e:
+        print(f"airut: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    found = operate.tasks(config_mod.load(args.config), args.repo, since)
+    if args.json:
+        print(operate.as_json(found))
+    else:
+        operate.print_tasks(found)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from airut_cli import operate
+
+    try:
+        command = operate.logs_command(config_mod.load(args.config), args.task, args.follow)
+    except ValueError as e:
+        print(f"airut: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    os.execvp(command[0], command)
+    return EXIT_FAILED  # not reached
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from airut_cli import operate
+
+    try:
+        operate.setup_claude(config_mod.load(args.config), args.npm_args)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        print(f"airut: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def cmd_email(args: argparse.Namespace) -> int:
     from airut_core.guard import Permanent
     from airut_ingest.email import intake
@@ -178,4 +290,6 @@ def cmd_email(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"submit": cmd_submit, "wait": cmd_wait, "stop": cmd_stop,
-            "check-config": cmd_check_config, "email": cmd_email}
+            "check-config": cmd_check_config, "email": cmd_email, "check": cmd_check,
+            "reload": cmd_reload, "status": cmd_status, "tasks": cmd_tasks, "logs": cmd_logs,
+            "setup": cmd_setup}

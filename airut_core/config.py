@@ -2,22 +2,26 @@
 
 Errors name the file and the key path, e.g.
   /etc/airut/airut.yaml: repos.demo.resource_limits.memory: expected a size like 512M or 2G
-Secrets can stay out of the file: `api_key: !env ANTHROPIC_API_KEY`.
+Secret values stay out of the file: `password: !secret mail-demo` names a credential
+(airut_core/secrets.py: /etc/airut/credentials/mail-demo, or handed over by systemd)
+that only the daemon needing it unseals; `!env NAME` reads the environment.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 
-from airut_core import paths, schema
+from airut_core import paths, schema, secrets
 from airut_core.sandbox import CIDR, NETWORK_LOG_MAX_BYTES
-from airut_core.schema import EnvRef, Match, OneOf, Range, Size
+from airut_core.schema import EnvRef, Match, OneOf, Range, Secret, Size
+from airut_core.secrets import Sealed, SecretRef
 
 CLAUDE_CODE_VERSION = "2.1.332"
 # Relative, and no ".." component: it names a directory inside the repository.
@@ -42,7 +46,7 @@ class ResourceLimits:
 
 @dataclass
 class MaskedSecret:
-    value: str
+    value: Annotated[str, Secret]
     scopes: list[str]  # host globs where the proxy puts the real value in
     headers: list[str] = field(default_factory=lambda: ["Authorization", "X-Api-Key"])
     allow_foreign_credentials: bool = False
@@ -57,7 +61,7 @@ class NetworkConfig:
 class ImapConfig:
     host: str
     username: str
-    password: str
+    password: Annotated[str, Secret]
     port: int = 993
     security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "tls"
     mailbox: str = "INBOX"
@@ -72,7 +76,7 @@ class SmtpConfig:
     port: int = 587
     security: Annotated[str, OneOf(("tls", "starttls", "none"))] = "starttls"
     username: str | None = None
-    password: str | None = None
+    password: Annotated[str, Secret] | None = None
     ca_file: str | None = None  # a CA to trust besides the system's (an in-house server)
 
 
@@ -97,7 +101,7 @@ class RepoConfig:
     model: str = "sonnet"
     effort: Annotated[str, OneOf(("low", "medium", "high", "max"))] | None = None
     resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
-    secrets: dict[str, str] = field(default_factory=dict)  # environment of the agent
+    secrets: dict[str, Annotated[str, Secret]] = field(default_factory=dict)  # agent's env
     # The agent sees a surrogate of the same shape; only the proxy holds the value.
     masked_secrets: dict[str, MaskedSecret] = field(default_factory=dict)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -189,21 +193,92 @@ def _env(loader: yaml.SafeLoader, node: yaml.Node) -> EnvRef:
     return EnvRef(loader.construct_scalar(node))
 
 
+def _secret(loader: yaml.SafeLoader, node: yaml.Node) -> SecretRef:
+    return SecretRef(loader.construct_scalar(node))
+
+
 _Loader.add_constructor("!env", _env)
+_Loader.add_constructor("!secret", _secret)
+
+# Which secrets a process unseals, by the key that names them.
+Unseal = Callable[[str], bool]
+
+
+def email_secrets(repo_id: str) -> Unseal:
+    """The mail passwords of one repository: its airut-email@ unit's only secrets."""
+    return lambda key: key.startswith(f"repos.{repo_id}.email.")
+
+
+def task_secrets(key: str) -> bool:
+    """What the runner hands to tasks (the agent's environment) and to the proxy
+    (the real values behind masked secrets)."""
+    return re.match(r"^repos\.[^.]+\.(secrets|masked_secrets)\.", key) is not None
+
+
+def every_secret(key: str) -> bool:
+    return True
 
 
 def config_path(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("AIRUT_CONFIG") or paths.DEFAULT_CONFIG)
 
 
-def load(path: str | Path | None = None) -> Config:
-    """Read and check the configuration; ConfigError says what and where."""
+def load(path: str | Path | None = None, unseal: Unseal | None = None) -> Config:
+    """Read and check the configuration, and read the secrets `unseal` picks;
+    ConfigError says what and where."""
     path = config_path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from e
-    return parse(text, str(path))
+    config = parse(text, str(path))
+    if unseal:
+        unseal_secrets(config, unseal)
+    return config
+
+
+def sealed(config: Config) -> Iterator[tuple[Any, Any, Sealed]]:
+    """Every secret still sealed: (holder, attribute or key, the Sealed)."""
+    stack: list[Any] = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = list(node.items())
+        elif hasattr(node, "__dataclass_fields__"):
+            items = [(name, getattr(node, name)) for name in node.__dataclass_fields__]
+        else:
+            continue
+        for key, value in items:
+            if isinstance(value, Sealed):
+                yield node, key, value
+            elif isinstance(value, dict) or hasattr(value, "__dataclass_fields__"):
+                stack.append(value)
+
+
+def unseal_secrets(config: Config, unseal: Unseal,
+                   credentials_dir: Path = secrets.CREDENTIALS_DIR) -> None:
+    """Replace the picked secrets by their values; every one that cannot be read is
+    named in one ConfigError."""
+    errors = []
+    for holder, key, secret in sorted(sealed(config), key=lambda found: found[2].key):
+        if not unseal(secret.key):
+            continue
+        try:
+            value = secrets.read(secret.name, credentials_dir)
+        except secrets.Unreadable as e:
+            errors.append(f"{secret.key}: secret {secret.name} cannot be read: {e}")
+            continue
+        if isinstance(holder, dict):
+            holder[key] = value
+        else:
+            setattr(holder, key, value)
+    if errors:
+        raise ConfigError(f"{config.source}: " + f"\n{config.source}: ".join(errors))
+
+
+def secret_names(config: Config, unseal: Unseal) -> list[str]:
+    """The names of the still sealed secrets that `unseal` picks (for the generator)."""
+    return sorted({s.name for _, _, s in sealed(config) if unseal(s.key)})
 
 
 def parse(text: str, source: str) -> Config:

@@ -34,6 +34,9 @@ class ReplySummary:
     task_id: str
     outcome: str
     time: str = field(default_factory=utc_now)
+    sender: str | None = None  # who asked (`airut tasks`); absent in older conversations
+    channel: str | None = None
+    unit: str | None = None  # the task's unit: its journal
     duration_ms: int | None = None
     cost_usd: float | None = None
     turns: int | None = None

@@ -3,7 +3,7 @@
 One checker serves both: a dataclass declares its fields with type hints, and
 `build` turns a dict into an instance or raises SchemaError naming the key path
 ("repos.demo.resource_limits.memory") and what was expected. Extra checks ride
-on typing.Annotated: Match (regex), Range, Size, OneOf.
+on typing.Annotated: Match (regex), Range, Size, OneOf, Secret.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import re
 import types
 import typing
 from typing import Annotated, Any, Union
+
+from airut_core.secrets import NAME as SECRET_NAME
+from airut_core.secrets import Sealed, SecretRef
 
 
 class SchemaError(ValueError):
@@ -37,6 +40,11 @@ class EnvRef:
             return os.environ[self.name]
         except KeyError:
             raise SchemaError(path, f"environment variable {self.name} is not set") from None
+
+
+class Secret:
+    """Annotated marker: the value may be `!secret NAME`, kept sealed (secrets.Sealed)
+    until the process that needs it unseals it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +127,16 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         checks = tuple(extra)
     if isinstance(value, EnvRef):
         value = value.resolve(path)
+    if isinstance(value, SecretRef) and Secret in checks:
+        if not SECRET_NAME.match(value.name):
+            raise SchemaError(path, f"{value!r}: a secret's name is letters, digits, _ . - "
+                                    "(it names a file in /etc/airut/credentials)")
+        return Sealed(value.name, path)
     if Size in checks:
         value = Size.parse(value, path)
     value = _convert_type(tp, value, path)
     for check in checks:
-        if check is not Size and value is not None:
+        if check not in (Size, Secret) and value is not None:
             value = check.check(value, path)
     return value
 
@@ -161,6 +174,9 @@ def _convert_type(tp: Any, value: Any, path: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (str, int, float, bool):
+        if isinstance(value, SecretRef):
+            raise SchemaError(path, f"{value!r}: a secret can be named only where a password "
+                                    "or a secret value goes")
         if type(value) is not tp:
             raise SchemaError(path, f"expected {_NAMES[tp]}, got {_kind(value)}")
         return value

@@ -343,7 +343,7 @@ class Runner:
     def reload(self) -> None:
         """SIGHUP (systemctl reload): read the configuration again, then clean up now."""
         try:
-            cfg = config_mod.load(self.cfg.source)
+            cfg = config_mod.load(self.cfg.source, config_mod.task_secrets)
         except ConfigError as e:
             logger.error("configuration not reloaded, keeping the old one: %s", e)
         else:
@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     log.setup("airut-housekeeping" if args.housekeeping else "airut-runner")
     try:
-        cfg = config_mod.load(args.config)
+        # Housekeeping reads no secret; the runner unseals what tasks and the proxy get.
+        cfg = config_mod.load(args.config, None if args.housekeeping else
+                              config_mod.task_secrets)
     except ConfigError as e:
         logger.error("%s", e)
         sdnotify.SystemdNotifier().notify(f"STATUS=configuration error: {e}")

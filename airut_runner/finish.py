@@ -19,7 +19,7 @@ from pathlib import Path
 from airut_core import conversation, paths
 from airut_core.config import ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
-from airut_core.records import ReplyRecord
+from airut_core.records import ReplyRecord, TaskRecord
 from airut_runner import outbox, outcome, stream
 from airut_runner.context import Context, merged_of, resource, state_of
 from airut_runner.outcome import Exit
@@ -108,14 +108,13 @@ def complete(ctx: Context, name: str) -> None:
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
     release(ctx, name, cdir)
     if conv:
-        record_reply(ctx, conv, name, ending.result, ending.summary)
+        record_reply(ctx, conv, name, ending.result, ending.summary, task, unit_of(state))
     merged = merged_of(record)
     files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
     reply = ReplyRecord(
         task_id=name, conversation_id=task.conversation_id, repo=task.repo,
         channel=task.channel, reply_to=task.reply_to, text=ending.text,
-        outcome=ending.result, unit=state.get("unit") if isinstance(state.get("unit"), str)
-        else None, usage=ending.summary.usage(),
+        outcome=ending.result, unit=unit_of(state), usage=ending.summary.usage(),
         merged_task_ids=[m["task_id"] for m in merged],
         merged_reply_to=[m["reply_to"] for m in merged],
         attachments=ending.attachments,
@@ -129,15 +128,20 @@ def complete(ctx: Context, name: str) -> None:
                              ending.exit.service_result or "not started")
 
 
+def unit_of(state: dict) -> str | None:
+    return state.get("unit") if isinstance(state.get("unit"), str) else None
+
+
 def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
-                 summary: stream.RunSummary) -> None:
+                 summary: stream.RunSummary, task: TaskRecord, unit: str | None) -> None:
     conv.session_id = summary.session_id or conv.session_id
     if result == "success":
         conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
     if not conv.replied_to(name):
         usage = summary.usage()
         conv.replies.append(ReplySummary(
-            task_id=name, outcome=result, duration_ms=usage.get("duration_ms"),
+            task_id=name, outcome=result, sender=task.sender[:200], channel=task.channel,
+            unit=unit, duration_ms=usage.get("duration_ms"),
             cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage))
     conversation.save(ctx.state_dir, conv)
 

@@ -608,7 +608,8 @@ def main(argv: list[str] | None = None) -> None:
     log.setup(f"airut-email@{args.repo}")
     notifier = sdnotify.SystemdNotifier()
     try:
-        channel = EmailChannel(config_mod.load(args.config), args.repo)
+        channel = EmailChannel(config_mod.load(args.config, config_mod.email_secrets(args.repo)),
+                               args.repo)
     except ConfigError as e:
         logger.error("%s", e)
         notifier.notify(f"STATUS=configuration error: {e}")

@@ -24,15 +24,16 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 class Mailbox:
     """The repository's inbox, a work queue: every message in it is waiting."""
 
-    def __init__(self, cfg: ImapConfig):
+    def __init__(self, cfg: ImapConfig, timeout: float = TIMEOUT):
         self.cfg = cfg
+        self.timeout = timeout
         self.client: IMAPClient | None = None
 
     def connect(self) -> None:
         cfg = self.cfg
         context = tls_context(cfg.ca_file)
         client = IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "tls",
-                            ssl_context=context, timeout=TIMEOUT)
+                            ssl_context=context, timeout=self.timeout)
         try:
             if cfg.security == "starttls":
                 client.starttls(context)
@@ -98,19 +99,28 @@ class Mailbox:
         return bool(responses)
 
 
-def send(cfg: SmtpConfig, msg: EmailMessage) -> None:
-    """Hand a message to the SMTP server; raises on any refusal."""
+def smtp_session(cfg: SmtpConfig, timeout: float = TIMEOUT) -> smtplib.SMTP:
+    """A connection to the SMTP server, encrypted and logged in as configured."""
     context = tls_context(cfg.ca_file)
     if cfg.security == "tls":
-        server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=TIMEOUT,
+        server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=timeout,
                                                 context=context)
     else:
-        server = smtplib.SMTP(cfg.host, cfg.port, timeout=TIMEOUT)
-    with server:
+        server = smtplib.SMTP(cfg.host, cfg.port, timeout=timeout)
+    try:
         if cfg.security == "starttls":
             server.starttls(context=context)
         if cfg.username:
             server.login(cfg.username, cfg.password or "")
+    except Exception:
+        server.close()
+        raise
+    return server
+
+
+def send(cfg: SmtpConfig, msg: EmailMessage) -> None:
+    """Hand a message to the SMTP server; raises on any refusal."""
+    with smtp_session(cfg) as server:
         refused = server.send_message(msg)
         if refused:
             raise smtplib.SMTPRecipientsRefused(refused)

@@ -24,3 +24,8 @@ ln -sf "$AIRUT_LAB/guest-venv/bin/airut" "$ROOT/usr/local/bin/airut"
 install -D -m644 "$REPO/units/airut.nft" "$ROOT/usr/share/airut/airut.nft"
 install -D -m644 "$REPO/units/airut.sysusers" "$ROOT/usr/lib/sysusers.d/airut.conf"
 install -D -m644 "$REPO/units/airut.tmpfiles" "$ROOT/usr/lib/tmpfiles.d/airut.conf"
+# The generator that makes the channel instances (and their credentials) from the
+# configuration, as the package installs it (in /etc here: the lab's own).
+install -d "$ROOT/etc/systemd/system-generators"
+ln -sf "$AIRUT_LAB/guest-venv/bin/airut-generator" "$ROOT/etc/systemd/system-generators/airut-generator"
+install -d -m700 "$ROOT/etc/airut/credentials"

@@ -1,0 +1,78 @@
+"""airut-generator: the channel units the configuration defines (systemd.generator(7)).
+
+systemd runs it at boot and on every `systemctl daemon-reload` (which `airut reload`
+does). For each repository with an `email:` block it writes, into the generator
+directory:
+  airut.target.wants/airut-email@<repo>.service   the instance, started with airut.target
+  airut-email@<repo>.service.d/50-credentials.conf  LoadCredential= (or ...Encrypted=) for
+      exactly the secrets that block names, so the mail password reaches that unit only
+
+A generator, not a command that enables units: the instances follow the file itself,
+with nothing left behind in /etc when a repository goes and no step to forget after an
+edit; and systemd reads it before it starts anything. A configuration that does not
+load makes no instances: the error goes to the journal, and `airut check` names it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from airut_core import config as config_mod
+from airut_core import secrets
+
+UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
+TEMPLATE = "airut-email@.service"
+
+
+def generate(cfg: config_mod.Config, out: Path, template: Path,
+             credentials_dir: Path = secrets.CREDENTIALS_DIR) -> list[str]:
+    """Write the units' links and drop-ins into out; returns the instances made."""
+    made = []
+    for repo_id, repo in sorted(cfg.repos.items()):
+        if repo.email is None:
+            continue
+        unit = f"airut-email@{repo_id}.service"
+        wants = out / "airut.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / unit).symlink_to(template)
+        lines = []
+        for name in config_mod.secret_names(cfg, config_mod.email_secrets(repo_id)):
+            found = secrets.source(name, credentials_dir)
+            if found:  # a missing one is the daemon's clear error at start, not systemd's
+                lines.append(f"{found[0]}={name}:{found[1]}")
+        if lines:
+            dropin = out / f"{unit}.d"
+            dropin.mkdir(parents=True, exist_ok=True)
+            (dropin / "50-credentials.conf").write_text(
+                "# Written by airut-generator from the repository's email block.\n"
+                "[Service]\n" + "".join(f"{line}\n" for line in lines))
+        made.append(unit)
+    return made
+
+
+def find_template() -> Path:
+    for directory in UNIT_DIRS:
+        if (Path(directory) / TEMPLATE).exists():
+            return Path(directory) / TEMPLATE
+    return Path(UNIT_DIRS[1]) / TEMPLATE
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        sys.exit("usage: airut-generator NORMAL_DIR [EARLY_DIR LATE_DIR]")
+    path = config_mod.config_path()
+    if not path.exists():
+        return  # not configured yet: no channels
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as e:
+        # Seen in the journal at boot or reload; the generator must not fail the boot.
+        print(f"airut-generator: no channel units: {e}", file=sys.stderr)
+        return
+    generate(cfg, Path(args[0]), find_template())
+
+
+if __name__ == "__main__":
+    main()
