@@ -128,7 +128,10 @@ class Stage:
         return f"Stage({str(self.path)!r})"
 
     def ensure(self, mode: int = 0o770) -> Stage:
-        self.tmp.mkdir(parents=True, exist_ok=True, mode=mode)
+        # The stage itself too, not only its tmp/: a parent made by mkdir(parents=True)
+        # would get the default mode, readable by every user of the host.
+        self.path.mkdir(parents=True, exist_ok=True, mode=mode)
+        self.tmp.mkdir(exist_ok=True, mode=mode)
         return self
 
     def file(self, name: str) -> Path:

@@ -3,7 +3,7 @@
 # every cgroup it left on the host.
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lab.env"
-NAME=$AIRUT_GUEST; GRACE=${1:-15}
+NAME=${LAB_NAME:-$AIRUT_GUEST}; GRACE=${1:-15}
 P=$(cat /run/sdlab-$NAME.pid 2>/dev/null || true); L=$(cat /run/sdlab-$NAME.leader 2>/dev/null || true)
 [ -n "$L" ] && timeout 5 nsenter -t "$L" -a systemctl poweroff --no-block 2>/dev/null || true
 alive() { { [ -n "$P" ] && kill -0 "$P" 2>/dev/null; } || { [ -n "$L" ] && kill -0 "$L" 2>/dev/null; }; }

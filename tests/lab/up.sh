@@ -11,13 +11,18 @@
 # Bound into the guest: the guest venv at its own path (read-only; this script first
 # installs the current source into it, as a package would), the Claude Code cache; RUN_DIR/spool and RUN_DIR/state become
 # /var/spool/airut and /var/lib/airut, so tests read the spool straight from the host.
+#
+# LAB_ROOT, LAB_NAME and LAB_MODE=clean boot another root filesystem the same way: a
+# clean machine that has never seen airut (tests/package), with only RUN_DIR/srv bound
+# and the stand-ins for the internet and the mail system written into it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/lab.env"
 RUN=${1:?usage: up.sh RUN_DIR}
-NAME=$AIRUT_GUEST
-ROOT=$AIRUT_LAB/guest
-[ -f "$ROOT/.complete" ] || { echo "no guest in $ROOT: run tests/lab/build.sh first" >&2; exit 1; }
+NAME=${LAB_NAME:-$AIRUT_GUEST}
+ROOT=${LAB_ROOT:-$AIRUT_LAB/guest}
+MODE=${LAB_MODE:-lab}
+[ "$MODE" = clean ] || [ -f "$ROOT/.complete" ] || { echo "no guest in $ROOT: run tests/lab/build.sh first" >&2; exit 1; }
 if [ -f "/run/sdlab-$NAME.leader" ] && kill -0 "$(cat "/run/sdlab-$NAME.leader")" 2>/dev/null; then
   echo "guest $NAME is already running (tests/lab/down.sh stops it)" >&2; exit 1
 fi
@@ -30,7 +35,16 @@ for c in /sys/fs/cgroup/*; do mountpoint -q "$c" && mount -o remount,rw,bind "$c
 exec /lib/systemd/systemd "$@"
 INIT
 install -D -m644 "$HERE/containers.conf" "$ROOT/etc/containers/containers.conf"
-"$HERE/airut-root.sh" "$ROOT" "$NAME"
+if [ "$MODE" = clean ]; then
+  "$HERE/stand-ins.sh" "$ROOT" "$NAME"
+  BINDS=(--bind="$RUN/srv:/srv")
+else
+  "$HERE/airut-root.sh" "$ROOT" "$NAME"
+  BINDS=(--bind-ro="$AIRUT_LAB/guest-venv:$AIRUT_LAB/guest-venv"
+         --bind-ro="$AIRUT_LAB/claude:/var/cache/airut/claude"
+         --bind="$RUN/spool:/var/spool/airut" --bind="$RUN/state:/var/lib/airut"
+         --bind="$RUN/srv:/srv")
+fi
 "$HERE/mail.sh" "$ROOT"
 
 ME=$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)
@@ -46,11 +60,7 @@ for h in /sys/fs/cgroup/*; do
 done
 exec systemd-nspawn -D "$ROOT" --machine="$NAME" --register=no --keep-unit \\
   --private-network --system-call-filter=@keyring --console=read-only \\
-  --kill-signal=SIGRTMIN+3 \\
-  --bind-ro="$AIRUT_LAB/guest-venv:$AIRUT_LAB/guest-venv" \\
-  --bind-ro="$AIRUT_LAB/claude:/var/cache/airut/claude" \\
-  --bind="$RUN/spool:/var/spool/airut" --bind="$RUN/state:/var/lib/airut" \\
-  --bind="$RUN/srv:/srv" \\
+  --kill-signal=SIGRTMIN+3 ${BINDS[*]} \\
   /usr/local/sbin/cg-rw-init
 LAUNCHER
 chmod +x "$LAUNCH"
@@ -66,7 +76,8 @@ for i in $(seq 1 300); do
 done
 [ -f "/run/sdlab-$NAME.leader" ] || { echo "guest $NAME did not come up; see /run/sdlab-$NAME.log" >&2; exit 1; }
 # The agent's base image, imported into the guest's own podman storage when the
-# tarball is new to it.
+# tarball is new to it (a clean guest's test does it itself, as an operator would).
+[ "$MODE" = clean ] && { echo "$L"; exit 0; }
 stamp=$(stat -c %Y-%s "$AIRUT_LAB/base.tar")
 if [ "$(cat "$ROOT/var/lib/airut-lab-base.stamp" 2>/dev/null)" != "$stamp" ] || \
    ! nsenter -t "$L" -a podman image exists localhost/airut-base:latest; then

@@ -1,0 +1,246 @@
+"""The built .deb in a clean Debian 12 machine, as an operator meets it: install, configure,
+check, start, a mail round trip through the guest's own postfix and dovecot, the
+journal of one task, the daemons' users, an upgrade while a task runs, and purge.
+
+The tests run in file order on one machine: each step starts where the last left it.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.package.clean import CleanGuest, built_deb
+from tests.system.lab import SEED_REPO, bash, say, wait_until
+from tests.system.test_email import dkim_key, signed  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.package
+
+CONFIG = """\
+# A first repository: the demo model plays Anthropic's API at api.anthropic.com
+# (the lab's stand-in on this machine's loopback address).
+proxy:
+  allowed_private_networks: [127.0.0.1/32]
+repos:
+  demo:
+    repo_url: /srv/git/demo.git
+    masked_secrets:
+      ANTHROPIC_API_KEY:
+        value: !secret anthropic-api-key
+        scopes: [api.anthropic.com]
+        headers: [x-api-key]
+    email:
+      address: airut@corp.test
+      trusted_authserv_id: mx.corp.test
+      authorized_senders: ["*@corp.test"]
+      imap: {host: mx.corp.test, port: 143, security: starttls, poll_interval: 5,
+             ca_file: /etc/airut/lab-tls/ca.pem, username: airut@corp.test,
+             password: !secret mail-demo}
+      smtp: {host: mx.corp.test, port: 587, security: starttls,
+             ca_file: /etc/airut/lab-tls/ca.pem, username: airut@corp.test,
+             password: !secret mail-demo}
+"""
+API_KEY = "sk-ant-api03-installed-package-key-0123456789abcdef"
+ALICE = ("alice@corp.test", "alice-pass")
+DAEMONS = ("airut-firewall.service", "airut-proxy.service", "airut-runner.service",
+           "airut-email@demo.service", "airut-housekeeping.timer", "airut-demo-model.service")
+
+
+@pytest.fixture(scope="module")
+def machine():
+    deb = built_deb()
+    guest = CleanGuest()
+    guest.deb = deb
+    guest.boot(deb)
+    yield guest
+    if not os.environ.get("AIRUT_LAB_KEEP"):  # set it to look around after a failure
+        guest.down()
+
+
+def airut(machine, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return machine.guest("airut", *args, check=check, timeout=600)
+
+
+def test_install_makes_users_directories_and_enabled_units(machine):
+    assert machine.guest("sh", "-c", "command -v airut", check=False).returncode != 0
+    started = time.monotonic()
+    machine.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{machine.deb.name}")
+    print(f"\napt install of {machine.deb.name}: {time.monotonic() - started:.1f} s")
+    for user in ("airut-proxy", "airut-email"):
+        assert machine.guest("getent", "passwd", user).returncode == 0
+    for group in ("airut", "airut-ingest"):
+        assert machine.guest("getent", "group", group).returncode == 0
+    modes = machine.sh("stat -c '%n %a %U:%G' /etc/airut/credentials /var/spool/airut/incoming "
+                       "/var/lib/airut/conversations").stdout
+    assert "/etc/airut/credentials 700 root:root" in modes
+    assert "/var/spool/airut/incoming 770 root:airut-ingest" in modes
+    assert "/var/lib/airut/conversations 750 root:airut" in modes
+    enabled = machine.guest("systemctl", "is-enabled", "airut.target", "airut-demo-model.service",
+                            check=False).stdout.split()
+    assert enabled == ["enabled", "disabled"]  # the demo model stays off on a real install
+    assert machine.guest("systemctl", "is-active", "airut-runner", check=False) \
+        .stdout.strip() == "inactive"  # nothing starts before it is configured
+
+
+def test_configure_setup_claude_and_check(machine):
+    machine.guest("sh", "-ec", SEED_REPO)
+    machine.guest("install", "-m644", "/dev/stdin", "/etc/airut/airut.yaml", input=CONFIG)
+    machine.guest("install", "-m600", "/dev/stdin", "/etc/airut/credentials/mail-demo",
+                  input="airut-pass\n")
+    machine.guest("install", "-m600", "/dev/stdin", "/etc/airut/credentials/anthropic-api-key",
+                  input=API_KEY + "\n")
+    missing = airut(machine, "check", "--offline", check=False)
+    assert missing.returncode == 1
+    assert re.search(r"^FAIL  Claude Code CLI: .* is missing; run: airut setup claude$",
+                     missing.stdout, re.M), missing.stdout
+    registry = (machine.run / "srv/npm-cache/.registry").read_text().strip()
+    setup = airut(machine, "setup", "claude", "--", "--offline", "--cache", "/srv/npm-cache",
+                  "--registry", registry)
+    assert "Claude Code 2." in setup.stdout
+    # The operator's part of the sandbox: the agent's base image (doc/images.md), and
+    # the proxy allowed to reach this machine's loopback stand-ins (doc/network-sandbox.md).
+    machine.sh("podman import -q /srv/base.tar localhost/airut-base:latest >/dev/null")
+    machine.sh("mkdir -p /etc/systemd/system/airut-proxy.service.d && printf "
+               "'[Service]\\nIPAddressAllow=127.0.0.1\\n' > "
+               "/etc/systemd/system/airut-proxy.service.d/upstreams.conf")
+    check = airut(machine, "check", check=False)
+    assert check.returncode == 0, check.stdout
+    assert "all checks passed" in check.stdout
+
+
+def test_enable_starts_every_unit_and_the_channel_the_config_defines(machine):
+    machine.guest("systemctl", "daemon-reload")
+    started = time.monotonic()
+    machine.guest("systemctl", "enable", "--now", "airut-demo-model.service", "airut.target")
+
+    def all_active() -> bool:
+        states = machine.guest("systemctl", "is-active", *DAEMONS, check=False).stdout.split()
+        return states == ["active"] * len(DAEMONS)
+    wait_until(all_active, 60, "every airut unit to be active")
+    print(f"\nsystemctl enable --now airut.target to all units active: "
+          f"{time.monotonic() - started:.1f} s")
+    handed = machine.guest("ls", "/run/credentials/airut-email@demo.service").stdout.split()
+    assert handed == ["mail-demo"]
+
+
+def test_a_signed_mail_gets_a_threaded_reply(machine, dkim_key):  # noqa: F811
+    machine.scenario_dir.mkdir(exist_ok=True)  # the demo model's scripted answers
+    marker = machine.scenario("installed", [bash("curl -s -o /dev/null -w '%{http_code}' "
+                                                 "https://other.test/installed-probe"),
+                                            say("installed and answering: {tool_result}")])
+    raw, message_id = signed(dkim_key, "alice@corp.test", "First task", f"{marker} hello")
+    machine.send_mail(raw, "alice@corp.test")
+    reply = wait_until(lambda: _answer(machine, message_id, "installed and answering"), 120,
+                       "the answer in alice's mailbox")
+    assert "installed and answering: 403" in reply.get_body(("plain",)).get_content()
+    assert reply["From"] == "airut@corp.test" and message_id in reply["References"]
+    keys = {r["headers"].get("x-api-key") for r in machine.model_requests()}
+    assert keys == {API_KEY}  # unsealed by the runner from its credential, swapped by the proxy
+
+
+def _answer(machine, message_id: str, words: str):
+    for raw in machine.mailbox(*ALICE):
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if message_id in (msg.get("In-Reply-To") or "") and \
+                words in msg.get_body(("plain",)).get_content():
+            return msg
+    return None
+
+
+def test_logs_show_one_task_from_every_daemon(machine):
+    tasks = json.loads(airut(machine, "tasks", "--json").stdout)
+    assert len(tasks) == 1 and tasks[0]["sender"] == "alice@corp.test", tasks
+    task = tasks[0]
+    other = airut(machine, "submit", "--repo", "demo", "another task").stdout
+    logs = airut(machine, "logs", task["task"]).stdout
+    for source in ("airut-email@demo", "airut-runner", "airut-proxy", "podman"):
+        assert re.search(rf" {re.escape(source)}\[\d+\]: ", logs), (source, logs)
+    assert f"systemd[1]: Started {task['unit']}" in logs
+    assert "BLOCKED GET other.test /installed-probe" in logs
+    others = json.loads(airut(machine, "tasks", "--json").stdout)
+    other_id = next(t["task"] for t in others if t["task"] != task["task"])
+    assert other_id not in logs and "another task" not in logs and other
+
+
+def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(machine):
+    users = {}
+    for unit in ("airut-runner", "airut-proxy", "airut-email@demo"):
+        pid = machine.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+        users[unit] = machine.guest("ps", "-o", "user=", "-p", pid).stdout.strip()
+    assert users == {"airut-runner": "root", "airut-proxy": "airut-proxy",
+                     "airut-email@demo": "airut-email"}
+    as_email = ["runuser", "-u", "airut-email", "--"]
+    for command in (["cat", "/etc/airut/credentials/anthropic-api-key"],
+                    ["touch", "/var/spool/airut/active/forged.json"],
+                    ["ls", "/run/airut/policies"]):
+        out = machine.guest(*as_email, *command, check=False)
+        assert out.returncode != 0 and "Permission denied" in out.stderr, command
+    for command in (["ls", "/var/spool/airut/incoming"], ["ls", "/var/spool/airut/active"],
+                    ["cat", "/etc/airut/credentials/mail-demo"]):
+        out = machine.guest("runuser", "-u", "airut-proxy", "--", *command, check=False)
+        assert out.returncode != 0 and "Permission denied" in out.stderr, command
+
+
+def test_an_upgrade_while_a_task_runs_loses_nothing(machine, tmp_path: Path):
+    newer = _newer_build(machine.deb, tmp_path)
+    (machine.run / "srv" / newer.name).write_bytes(newer.read_bytes())
+    runner_before = _main_pid(machine, "airut-runner")
+    marker = machine.scenario("upgrade", [bash("sleep 15; echo survived"),
+                                          say("{tool_result} the upgrade")])
+    task = airut(machine, "submit", "--no-wait", "--repo", "demo", f"{marker} go").stdout.strip()
+    wait_until(lambda: any(task in line for line in machine.guest(
+        "systemctl", "list-units", "--plain", "--no-legend", "airut-task-*").stdout.splitlines()),
+        60, "the task unit")
+    machine.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{newer.name}")
+    version = machine.guest("dpkg-query", "-W", "-f", "${Version}", "airut").stdout
+    assert version.endswith("+upgrade1")
+    assert _main_pid(machine, "airut-runner") != runner_before  # the new code runs
+    reply = json.loads(airut(machine, "wait", "--json", "--timeout", "120", task).stdout)
+    assert reply["outcome"] == "success" and "survived the upgrade" in reply["text"], reply
+    queues = json.loads(airut(machine, "status", "--json").stdout)["queues"]
+    assert sum(v for k, v in queues.items() if k.startswith("failed/")) == 0, queues
+
+
+def _main_pid(machine, unit: str) -> str:
+    return machine.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+
+
+def _newer_build(deb: Path, tmp: Path) -> Path:
+    """The same package with a higher version: what `apt install` of a newer build does."""
+    tree = tmp / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN/control"
+    text = control.read_text()
+    version = re.search(r"^Version: (.*)$", text, re.M).group(1)
+    control.write_text(text.replace(f"Version: {version}", f"Version: {version}+upgrade1"))
+    out = tmp / deb.name.replace(version, f"{version}+upgrade1")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(tree), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def test_purge_leaves_nothing_behind(machine):
+    machine.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q airut")
+    units = machine.guest("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                          "airut*").stdout
+    assert units.strip() == "", units
+    files = machine.guest("systemctl", "list-unit-files", "--plain", "--no-legend",
+                          "airut*").stdout
+    assert files.strip() == "", files
+    for user in ("airut-proxy", "airut-email"):
+        assert machine.guest("getent", "passwd", user, check=False).returncode == 2
+    for group in ("airut", "airut-ingest"):
+        assert machine.guest("getent", "group", group, check=False).returncode == 2
+    left = machine.sh("ls -d /etc/airut /var/lib/airut /var/lib/airut-proxy /var/spool/airut "
+                      "/var/cache/airut /run/airut /usr/lib/airut 2>/dev/null || true").stdout
+    assert left.strip() == "", left
+    assert machine.guest("nft", "list", "table", "inet", "airut", check=False).returncode != 0
+    assert machine.guest("podman", "images", "-q", "--filter", "label=airut.tree").stdout == ""
