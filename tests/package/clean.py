@@ -12,9 +12,10 @@ import glob
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
-from tests.system.lab import LAB_DIR, Lab, lab_env
+from tests.system.lab import LAB_DIR, SEED_REPO, Lab, lab_env, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -43,6 +44,7 @@ class CleanGuest(Lab):
 
     def boot(self, deb: Path) -> None:
         """Unpack a fresh machine, hand it the package and what the test needs, boot it."""
+        self.deb = deb
         self.down()
         subprocess.run(["bash", str(HERE / "build.sh"), str(deb)], check=True)
         for old in (self.root, self.run):
@@ -67,3 +69,62 @@ class CleanGuest(Lab):
     def sh(self, script: str, check: bool = True, timeout: float = 600
            ) -> subprocess.CompletedProcess:
         return self.guest("bash", "-ec", script, check=check, timeout=timeout)
+
+    # -- what an operator does, one step each (the tests assert around them; the
+    # -- benchmarks run them in a row) -----------------------------------------------
+
+    def install(self, deb: Path | None = None) -> float:
+        """`apt-get install ./airut_*.deb`; returns the seconds it took."""
+        deb = deb or self.deb
+        started = time.monotonic()
+        self.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{deb.name}")
+        return time.monotonic() - started
+
+    def configure(self, config: str, credentials: dict[str, str]) -> None:
+        """The sample repository, airut.yaml and its credentials (root-only files)."""
+        self.guest("sh", "-ec", SEED_REPO)
+        self.guest("install", "-m644", "/dev/stdin", "/etc/airut/airut.yaml", input=config)
+        for name, value in credentials.items():
+            self.guest("install", "-m600", "/dev/stdin", f"/etc/airut/credentials/{name}",
+                       input=value + "\n")
+        self.scenario_dir.mkdir(exist_ok=True)  # the demo model's scripted answers
+
+    def setup_claude(self) -> subprocess.CompletedProcess:
+        """`airut setup claude` from the npm cache, asking the registry it was made with."""
+        registry = (self.run / "srv/npm-cache/.registry").read_text().strip()
+        return self.guest("airut", "setup", "claude", "--", "--offline", "--cache",
+                          "/srv/npm-cache", "--registry", registry, timeout=600)
+
+    def prepare_sandbox(self) -> None:
+        """The operator's part of the sandbox: the agents' base image (doc/images.md), and
+        the proxy allowed to reach this machine's loopback stand-ins."""
+        self.sh("podman import -q /srv/base.tar localhost/airut-base:latest >/dev/null")
+        self.sh("mkdir -p /etc/systemd/system/airut-proxy.service.d && printf "
+                "'[Service]\\nIPAddressAllow=127.0.0.1\\n' > "
+                "/etc/systemd/system/airut-proxy.service.d/upstreams.conf")
+
+    def start(self, *extra: str) -> float:
+        """`systemctl enable --now airut.target` (and extra units); the seconds until every
+        daemon is active."""
+        self.guest("systemctl", "daemon-reload")
+        started = time.monotonic()
+        self.guest("systemctl", "enable", "--now", *extra, "airut.target")
+        wait_until(lambda: self.guest("systemctl", "is-active", *DAEMONS, *extra, check=False)
+                   .stdout.split() == ["active"] * (len(DAEMONS) + len(extra)), 120,
+                   "every airut unit to be active")
+        return time.monotonic() - started
+
+    def provision(self, config: str, credentials: dict[str, str]) -> tuple[float, float]:
+        """Every step above in a row, with the demo model on; returns the seconds of the
+        install and of the start."""
+        install = self.install()
+        self.configure(config, credentials)
+        self.setup_claude()
+        self.prepare_sandbox()
+        self.guest("systemctl", "enable", "--now", "airut-demo-model.service")
+        return install, self.start()
+
+
+# What airut.target starts on a configuration with one repository that has an email block.
+DAEMONS = ("airut-firewall.service", "airut-proxy.service", "airut-runner.service",
+           "airut-email@demo.service", "airut-housekeeping.timer")
