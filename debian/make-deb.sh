@@ -29,7 +29,7 @@ done
 rm -f "$OUT/$DEB" "$OUT/$DEB.lintian"
 for try in 1 2 3; do
   mmdebstrap --variant=buildd --mode=root \
-    --include=debhelper,dh-virtualenv,python3-dev,python3-venv,libsystemd-dev,pkg-config,lintian,ca-certificates,git \
+    --include=debhelper,dh-virtualenv,help2man,python3-dev,python3-venv,libsystemd-dev,pkg-config,lintian,ca-certificates,git \
     --customize-hook="cp -a '$SRC/airut' \"\$1/build\"" \
     --customize-hook='cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"' \
     --customize-hook="chroot \"\$1\" $CLEAN sh -ec 'cd /build && dpkg-buildpackage -us -uc -b'" \

@@ -98,6 +98,29 @@ def test_configure_setup_claude_and_check(machine):
     assert "all checks passed" in check.stdout
 
 
+@pytest.mark.parametrize(("change", "line"), [
+    (lambda c: c.replace("repos:\n", "repos: [\n", 1),
+     r"FAIL  configuration: /etc/airut/check.yaml: not valid YAML"),
+    (lambda c: c.replace("proxy:\n", "proxy:\n  allowed_privat_networks: []\n", 1),
+     r"FAIL  configuration: .*proxy: unknown key allowed_privat_networks"),
+    (lambda c: c.replace("!secret mail-demo}", "!secret mail-missing}"),
+     r"FAIL  secret mail-missing: neither /etc/airut/credentials/mail-missing nor "),
+    (lambda c: "agent: {claude_binary: /var/cache/airut/claude/0.0.1/claude}\n" + c,
+     r"FAIL  Claude Code CLI: /var/cache/airut/claude/0.0.1/claude is missing; "
+     r"run: airut setup claude"),
+    (lambda c: c.replace("port: 143", "port: 1"),
+     r"FAIL  email demo: IMAP mx.corp.test: mx.corp.test:1 \(starttls\): "
+     r"ConnectionRefusedError"),
+], ids=["broken-yaml", "unknown-key", "unreadable-secret", "missing-cli", "no-imap"])
+def test_check_fails_with_the_line_that_names_the_problem(machine, change, line):
+    machine.guest("install", "-m644", "/dev/stdin", "/etc/airut/check.yaml",
+                  input=change(CONFIG))
+    out = airut(machine, "check", "--config", "/etc/airut/check.yaml", check=False)
+    assert out.returncode == 1, out.stdout
+    failed = [x for x in out.stdout.splitlines() if x.startswith("FAIL")]
+    assert len(failed) == 1 and re.match(line, failed[0]), out.stdout
+
+
 def test_enable_starts_every_unit_and_the_channel_the_config_defines(machine):
     took = machine.start("airut-demo-model.service")
     print(f"\nsystemctl enable --now airut.target to all units active: {took:.1f} s")

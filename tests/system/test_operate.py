@@ -64,6 +64,8 @@ def operated(lab):
     guest_write(lab, f"{CREDENTIALS}/mail-vault", "bob-pass\n")
     guest_write(lab, f"{CREDENTIALS}/vault-api-key", VAULT_KEY + "\n")
     guest_write(lab, "/etc/airut/airut.yaml", dump(config), mode="644")
+    # As on a server: airut.target runs (`airut reload` starts new channels only then).
+    lab.guest("systemctl", "start", "airut.target")
     out = airut(lab, "reload")
     yield out.stdout
     guest_write(lab, "/etc/airut/airut.yaml", original, mode="644")
