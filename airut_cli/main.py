@@ -1,5 +1,7 @@
 """`airut`: the operator's and user's command line.
 
+Claude Code tasks by email, Slack or the command line.
+
   airut submit --repo R "text"          start a conversation, print the reply
   airut submit --conversation ID "text" continue one
   airut wait TASK                       print the reply of a task submitted with --no-wait
@@ -34,8 +36,8 @@ CONFIG_HELP = "configuration file (default /etc/airut/airut.yaml, or $AIRUT_CONF
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="airut", description="Claude Code tasks by email, "
-                                     "Slack or the command line.")
+    parser = argparse.ArgumentParser(prog="airut", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=CONFIG_HELP)
     # --config is also taken after the subcommand (`airut check-config --config F`).
     common = argparse.ArgumentParser(add_help=False)

@@ -168,6 +168,20 @@ def test_logs_show_one_task_from_every_daemon(machine):
     assert other_id not in logs and "another task" not in logs and other
 
 
+def test_units_are_hardened(machine):
+    """`systemd-analyze security` of every unit (doc/security.md reports them); a
+    regression in the daemons that face hostile input fails here."""
+    scores = {}
+    for unit in ("airut-runner", "airut-housekeeping", "airut-proxy", "airut-email@demo",
+                 "airut-firewall", "airut-demo-model"):
+        out = machine.guest("systemd-analyze", "security", "--no-pager", f"{unit}.service",
+                            check=False).stdout
+        scores[unit] = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+    print("\nsystemd-analyze security: " + ", ".join(f"{u} {s}" for u, s in scores.items()))
+    assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 3.5, scores
+    assert scores["airut-firewall"] <= 5.0 and scores["airut-demo-model"] <= 5.0, scores
+
+
 def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(machine):
     users = {}
     for unit in ("airut-runner", "airut-proxy", "airut-email@demo"):
