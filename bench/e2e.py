@@ -165,14 +165,14 @@ def main() -> None:
     floors = percentile(idle, 50) + percentile(podman, 50) + percentile(claude, 50)
 
     def line(label: str, values: list[float]) -> str:
-        return (f"  {label:<44} {ms(values)}   p50 {percentile(values, 50) / floors:5.2f}x"
+        return (f"  {label:<48} {ms(values)}   p50 {percentile(values, 50) / floors:5.2f}x"
                 f" p95 {percentile(values, 95) / floors:5.2f}x the floors' sum")
 
     print(f"bench/e2e: the Debian 12 package ({deb.name}) in a clean Debian 12 machine, "
           f"{n} messages each way")
-    print(f"  floor IDLE    SMTP accepted -> IMAP EXISTS           {ms(idle)}")
-    print(f"  floor podman  podman run --rm IMAGE true             {ms(podman)}")
-    print(f"  floor claude  CLI start -> its first model request   {ms(claude)}")
+    print(f"  floor IDLE    SMTP accepted -> IMAP EXISTS               {ms(idle)}")
+    print(f"  floor podman  podman run --rm IMAGE true                 {ms(podman)}")
+    print(f"  floor claude  CLI start -> its first model request       {ms(claude)}")
     print(f"  sum of the floors' medians: {floors * 1000:.1f} ms")
     to_model, to_reply = figures(serial_times)
     print(line("one at a time: accepted -> first model request", to_model))

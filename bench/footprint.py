@@ -67,7 +67,9 @@ def main() -> None:
     machine = CleanGuest()
     machine.boot(deb)
     try:
-        install, start = machine.provision(CONFIG, CREDENTIALS)
+        # All N at once (the default runs 3 at a time).
+        config = f"execution: {{max_concurrent: {args.tasks}}}\n{CONFIG}"
+        install, start = machine.provision(config, CREDENTIALS)
         machine.guest("systemctl", "stop", "airut.target")
         wait_until(lambda: machine.guest("systemctl", "is-active", *DAEMONS, check=False)
                    .stdout.split() == ["inactive"] * len(DAEMONS), 60, "airut to stop")

@@ -178,8 +178,8 @@ def test_units_are_hardened(machine):
                             check=False).stdout
         scores[unit] = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
     print("\nsystemd-analyze security: " + ", ".join(f"{u} {s}" for u, s in scores.items()))
-    assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 3.5, scores
-    assert scores["airut-firewall"] <= 5.0 and scores["airut-demo-model"] <= 5.0, scores
+    assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 2.0, scores
+    assert scores["airut-firewall"] <= 2.5 and scores["airut-demo-model"] <= 2.0, scores
 
 
 def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(machine):
