@@ -91,10 +91,7 @@ def _secrets(cfg: Config) -> Iterator[Line]:
             yield Line(f"secret {name}", False, f"{e} (named by {keys})")
             continue
         for holder, key, _ in found:
-            if isinstance(holder, dict):
-                holder[key] = value
-            else:
-                setattr(holder, key, value)
+            config_mod.put(holder, key, value)
         yield Line(f"secret {name}", True, f"readable ({keys})")
 
 

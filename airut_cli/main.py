@@ -208,12 +208,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from airut_cli import operate
 
-    s = operate.status(config_mod.load(args.config))
-    if args.json:
-        print(operate.as_json(s))
-    else:
-        operate.print_status(s)
-    return 0
+    return _show(operate.status(config_mod.load(args.config)), args.json, operate.print_status)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -225,10 +220,17 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"airut: {e}", file=sys.stderr)
         return EXIT_USAGE
     found = operate.tasks(config_mod.load(args.config), args.repo, since)
-    if args.json:
-        print(operate.as_json(found))
+    return _show(found, args.json, operate.print_tasks)
+
+
+def _show(value: object, as_json: bool, table) -> int:
+    """A listing command's output: JSON for scripts, or a table that fits a terminal."""
+    from airut_cli import operate
+
+    if as_json:
+        print(operate.as_json(value))
     else:
-        operate.print_tasks(found)
+        table(value)
     return 0
 
 

@@ -268,12 +268,17 @@ def unseal_secrets(config: Config, unseal: Unseal,
         except secrets.Unreadable as e:
             errors.append(f"{secret.key}: secret {secret.name} cannot be read: {e}")
             continue
-        if isinstance(holder, dict):
-            holder[key] = value
-        else:
-            setattr(holder, key, value)
+        put(holder, key, value)
     if errors:
         raise ConfigError(f"{config.source}: " + f"\n{config.source}: ".join(errors))
+
+
+def put(holder: Any, key: Any, value: str) -> None:
+    """Put an unsealed value where its Sealed was (a dict entry or an attribute)."""
+    if isinstance(holder, dict):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)
 
 
 def secret_names(config: Config, unseal: Unseal) -> list[str]:

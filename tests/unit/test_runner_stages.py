@@ -218,12 +218,18 @@ def test_a_stop_for_a_vanished_unit_is_done_with(runner):
     assert runner.ctx.spool.control.names() == []
 
 
-def test_a_set_aside_channel_record_answers_only_its_own_sender(runner):
+def put_forged_merge(runner) -> dict:
+    """A channel's record that claims to carry the runner's notes: another sender merged."""
     forged = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me@x",
                         text="hi").to_dict()
     forged["state"] = {"merged": [{"task_id": "20200101T000000000-aaaaaa",
                                    "reply_to": "someone-else"}]}
     put_raw(runner, forged["task_id"], forged)
+    return forged
+
+
+def test_a_set_aside_channel_record_answers_only_its_own_sender(runner):
+    forged = put_forged_merge(runner)
     spin(runner, lambda: reply_of(runner, forged["task_id"]))
     reply = reply_of(runner, forged["task_id"])
     assert reply["reply_to"] == "me" and reply["outcome"] == "failed"
@@ -232,11 +238,7 @@ def test_a_set_aside_channel_record_answers_only_its_own_sender(runner):
 
 def test_a_stop_for_a_waiting_record_checks_it_like_a_claim(runner):
     """A channel's record never reaches active/ unchecked, not even to be stopped."""
-    forged = TaskRecord(repo="demo", channel="local", reply_to="me", sender="me@x",
-                        text="hi").to_dict()
-    forged["state"] = {"merged": [{"task_id": "20200101T000000000-aaaaaa",
-                                   "reply_to": "someone-else"}]}
-    put_raw(runner, forged["task_id"], forged)
+    forged = put_forged_merge(runner)
     with pytest.raises(Refused, match="the runner's own notes"):
         control.stop(runner.ctx, forged["task_id"], "test")
     assert not runner.ctx.spool.active.exists(forged["task_id"])
