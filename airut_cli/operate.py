@@ -11,14 +11,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airut_core import config as config_mod
 from airut_core import conversation, paths, spool
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
@@ -330,10 +328,3 @@ def as_json(value: object) -> str:
         value = asdict(value)
     return json.dumps(value, indent=1)
 
-
-def fail(message: str) -> None:
-    print(f"airut: {message}", file=sys.stderr)
-
-
-def load(path: str | None) -> Config:
-    return config_mod.load(path)
