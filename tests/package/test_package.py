@@ -170,7 +170,7 @@ def test_logs_show_one_task_from_every_daemon(machine):
 
 def test_units_are_hardened(machine):
     """`systemd-analyze security` of every unit (doc/security.md reports them); a
-    regression in the daemons that face hostile input fails here."""
+    regression fails here."""
     scores = {}
     for unit in ("airut-runner", "airut-housekeeping", "airut-proxy", "airut-email@demo",
                  "airut-firewall", "airut-demo-model"):
@@ -180,6 +180,7 @@ def test_units_are_hardened(machine):
     print("\nsystemd-analyze security: " + ", ".join(f"{u} {s}" for u, s in scores.items()))
     assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 2.0, scores
     assert scores["airut-firewall"] <= 2.5 and scores["airut-demo-model"] <= 2.0, scores
+    assert scores["airut-runner"] <= 6.0 and scores["airut-housekeeping"] <= 6.0, scores
 
 
 def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(machine):
