@@ -7,8 +7,6 @@ get) and changes nothing.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -80,19 +78,10 @@ def _line(name: str, probe: Callable[[], str]) -> Line:
 
 def _secrets(cfg: Config) -> Iterator[Line]:
     """Each named secret once, unsealed in place so the channel checks can log in."""
-    uses: dict[str, list] = {}
-    for found in config_mod.sealed(cfg):
-        uses.setdefault(found[2].name, []).append(found)
-    for name, found in sorted(uses.items()):
-        keys = ", ".join(sorted(s.key for _, _, s in found))
-        try:
-            value = secrets.read(name)
-        except secrets.Unreadable as e:
-            yield Line(f"secret {name}", False, f"{e} (named by {keys})")
-            continue
-        for holder, key, _ in found:
-            config_mod.put(holder, key, value)
-        yield Line(f"secret {name}", True, f"readable ({keys})")
+    for name, keys, why in config_mod.unseal_each(cfg, config_mod.every_secret):
+        named = ", ".join(keys)
+        yield Line(f"secret {name}", why is None,
+                   f"readable ({named})" if why is None else f"{why} (named by {named})")
 
 
 def _command(*cmd: str, timeout: float = TIMEOUT) -> str:
@@ -170,37 +159,35 @@ HOST_CHECKS: list[tuple[str, Callable[[Config], str]]] = [
 
 
 def _repository(url: str) -> str:
-    """The default branch is fetchable, and its allowlist (if any) parses."""
-    git = shutil.which("git")
-    if not git:
-        raise Failed("git is not installed")
+    """The default branch is fetchable, and its allowlist (if any) parses. What it says
+    names the URL without its credentials (the runner's mirror does the same)."""
+    from airut_runner.mirror import GitError, git, public_url
+
+    shown = public_url(url)
     with tempfile.TemporaryDirectory(prefix="airut-check-") as tmp:
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-
-        def g(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([git, "-C", tmp, *args], capture_output=True, text=True,
-                                  timeout=120, env=env)
-
-        g("init", "-q", "--bare")
-        head = subprocess.run([git, "ls-remote", "--symref", url, "HEAD"], capture_output=True,
-                              text=True, timeout=TIMEOUT, env=env)
-        if head.returncode != 0:
-            raise Failed(f"cannot reach {url}: {_last(head.stderr)}")
-        branch = next((line.split()[1] for line in head.stdout.splitlines()
+        try:
+            head = git("ls-remote", "--symref", url, "HEAD", timeout=TIMEOUT)
+        except GitError as e:
+            raise Failed(f"cannot reach {shown}: {_last(str(e))}".replace(url, shown)) from None
+        branch = next((line.split()[1] for line in head.splitlines()
                        if line.startswith("ref:")), "HEAD")
-        fetched = g("fetch", "-q", "--depth=1", url, branch)
-        if fetched.returncode != 0:
-            raise Failed(f"cannot read {branch} of {url}: {_last(fetched.stderr)}")
-        shown = g("show", f"FETCH_HEAD:{ALLOWLIST_FILE}")
-    name = branch.removeprefix("refs/heads/")
-    if shown.returncode != 0:
-        return (f"{url}: default branch {name} readable; it has no {ALLOWLIST_FILE}, so "
-                "its agents reach nothing (doc/network-sandbox.md)")
+        name = branch.removeprefix("refs/heads/")
+        try:
+            git("init", "-q", "--bare", cwd=Path(tmp))
+            git("fetch", "-q", "--depth=1", url, branch, cwd=Path(tmp), timeout=120)
+        except GitError as e:
+            raise Failed(f"cannot read {name} of {shown}: {_last(str(e))}"
+                         .replace(url, shown)) from None
+        try:
+            text = git("show", f"FETCH_HEAD:{ALLOWLIST_FILE}", cwd=Path(tmp))
+        except GitError:
+            return (f"{shown}: default branch {name} readable; it has no {ALLOWLIST_FILE}, "
+                    "so its agents reach nothing (doc/network-sandbox.md)")
     try:
-        allowlist = parse_allowlist(shown.stdout, f"{ALLOWLIST_FILE} on {name}")
+        allowlist = parse_allowlist(text, f"{ALLOWLIST_FILE} on {name}")
     except AllowlistError as e:
         raise Failed(str(e)) from None
-    return (f"{url}: default branch {name} readable, allowlist parses "
+    return (f"{shown}: default branch {name} readable, allowlist parses "
             f"({len(allowlist.domains)} domains, {len(allowlist.url_prefixes)} URL prefixes)")
 
 

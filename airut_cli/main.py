@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from airut_cli.terminal import printable
 from airut_core import config as config_mod
 from airut_core.config import ConfigError
 from airut_core.records import ReplyRecord
@@ -155,14 +156,6 @@ def _print_reply(reply: ReplyRecord, as_json: bool) -> None:
           f"{reply.conversation_id} \"...\"", file=sys.stderr)
 
 
-def printable(text: str) -> str:
-    """The agent wrote this text: terminal control sequences (colours, titles, the
-    clipboard escape) are shown, not obeyed."""
-    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x7f") else
-                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-                   for c in text)
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
     local.request_stop(config_mod.load(args.config), args.task)
     print(f"stop requested for task {args.task}", file=sys.stderr)
@@ -189,7 +182,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     failed = 0
     for line in check.run(args.config, offline=args.offline):
-        print(line, flush=True)
+        print(printable(str(line)), flush=True)  # servers' error texts among them
         failed += line.ok is False
     print(f"\n{failed} check(s) failed" if failed else "\nall checks passed")
     return EXIT_FAILED if failed else 0

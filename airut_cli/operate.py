@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from airut_cli.terminal import printable
 from airut_core import conversation, paths, spool
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
@@ -24,7 +25,7 @@ DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
            "airut-runner.service", "airut-email@*.service", "airut-demo-model.service",
            "airut-housekeeping.timer")
 UNIT_FIELDS = ("Id", "ActiveState", "SubState", "Result", "NRestarts", "StatusText",
-               "MemoryCurrent", "ActiveEnterTimestamp", "LoadState")
+               "MemoryCurrent", "ActiveEnterTimestampMonotonic", "LoadState")
 NPM_PACKAGE = "@anthropic-ai/claude-code"
 
 
@@ -54,12 +55,11 @@ def _memory(props: dict[str, str]) -> int | None:
     return int(value) if value.isdigit() and int(value) < 1 << 62 else None
 
 
-def _since(stamp: str) -> float | None:
-    """Seconds since a systemd timestamp ("Wed 2026-12-02 06:40:01 UTC")."""
-    if not stamp or stamp == "n/a":
-        return None
-    out = subprocess.run(["date", "-d", stamp, "+%s"], capture_output=True, text=True)
-    return time.time() - int(out.stdout) if out.returncode == 0 else None
+def _age(props: dict[str, str]) -> int | None:
+    """Seconds since the unit became active (systemd's monotonic clock is this one's)."""
+    value = props.get("ActiveEnterTimestampMonotonic", "")
+    return round(time.monotonic() - int(value) / 1e6) if value.isdigit() and value != "0" \
+        else None
 
 
 # -- status --------------------------------------------------------------------------
@@ -78,10 +78,8 @@ def status(cfg: Config) -> Status:
                 "status": u.get("StatusText", "")} for u in units(*DAEMONS, all_units=True)]
     running = []
     for u in units("airut-task-*.service", "airut-build-*.service"):
-        age = _since(u.get("ActiveEnterTimestamp", ""))
         running.append({"unit": u["Id"], "task": _task_of(u["Id"]), "state": u["ActiveState"],
-                        "age_s": round(age) if age is not None else None,
-                        "memory": _memory(u)})
+                        "age_s": _age(u), "memory": _memory(u)})
     return Status(daemons, queue_depths(Path(cfg.paths.spool)), running)
 
 
@@ -122,13 +120,13 @@ def print_status(s: Status) -> None:
         state = f"{d['state']} ({d['sub']})"
         flag = "" if d["result"] in ("success", "") else f" [{d['result']}]"
         print(f"{d['unit'][:31]:<31} {state[:18]:<18} {d['restarts']:>8}  "
-              f"{d['status'][:60]}{flag}")
+              f"{printable(d['status'][:60])}{flag}")
     if not s.daemons:
         print("(no airut unit is loaded: is the package installed?)")
     print("\nQUEUE" + "".join(f"  {k}={v}" for k, v in s.queues.items()))
     failed = sum(v for k, v in s.queues.items() if k.startswith("failed/"))
     if failed:
-        print(f"  {failed} record(s) quarantined in failed/: airut tasks shows why "
+        print(f"  {failed} record(s) quarantined in failed/: each record's failures say why "
               "(doc/operations.md)")
     print("\nRUNNING" if s.running else "\nno task is running")
     for r in s.running:
@@ -205,7 +203,8 @@ def print_tasks(lines: list[TaskLine]) -> None:
         took = f"{t.duration_s:.1f}s" if t.duration_s is not None else "-"
         cost = f"${t.cost_usd:.3f}" if t.cost_usd is not None else "-"
         print(f"{t.time[:19]:<20} {t.task[:27]:<27} {(t.conversation or '-'):<8} "
-              f"{t.repo[:12]:<12} {t.outcome[:10]:<10} {took:>7} {cost:>7}  {t.sender[:40]}")
+              f"{t.repo[:12]:<12} {t.outcome[:10]:<10} {took:>7} {cost:>7}  "
+              f"{printable(t.sender[:40])}")  # a channel's text
 
 
 def parse_since(text: str) -> timedelta:
@@ -304,8 +303,8 @@ def setup_claude(cfg: Config, npm_args: list[str], log=print) -> Path:
                               *npm_args, spec], capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             raise RuntimeError(f"npm install {spec} failed:\n{out.stderr.strip()[-2000:]}")
-        native = [p for p in Path(tmp).rglob("claude*") if p.is_file() and os.access(p, os.X_OK)
-                  and "claude-code-linux-x64" in str(p) and p.name == "claude"]
+        native = [p for p in Path(tmp).rglob("claude") if p.is_file() and os.access(p, os.X_OK)
+                  and "claude-code-linux-x64" in str(p)]
         if not native:
             raise RuntimeError(f"the {spec} package has no native linux-x64 binary")
         version = subprocess.run([str(native[0]), "--version"], capture_output=True,

@@ -257,28 +257,37 @@ def sealed(config: Config) -> Iterator[tuple[Any, Any, Sealed]]:
 
 def unseal_secrets(config: Config, unseal: Unseal,
                    credentials_dir: Path = secrets.CREDENTIALS_DIR) -> None:
-    """Replace the picked secrets by their values; every one that cannot be read is
-    named in one ConfigError."""
-    errors = []
-    for holder, key, secret in sorted(sealed(config), key=lambda found: found[2].key):
-        if not unseal(secret.key):
-            continue
-        try:
-            value = secrets.read(secret.name, credentials_dir)
-        except secrets.Unreadable as e:
-            errors.append(f"{secret.key}: secret {secret.name} cannot be read: {e}")
-            continue
-        put(holder, key, value)
+    """Replace the picked secrets by their values; every key whose secret cannot be
+    read is named in one ConfigError."""
+    errors = [f"{key}: secret {name} cannot be read: {why}"
+              for name, keys, why in unseal_each(config, unseal, credentials_dir) if why
+              for key in keys]
     if errors:
         raise ConfigError(f"{config.source}: " + f"\n{config.source}: ".join(errors))
 
 
-def put(holder: Any, key: Any, value: str) -> None:
-    """Put an unsealed value where its Sealed was (a dict entry or an attribute)."""
-    if isinstance(holder, dict):
-        holder[key] = value
-    else:
-        setattr(holder, key, value)
+def unseal_each(config: Config, unseal: Unseal,
+                credentials_dir: Path = secrets.CREDENTIALS_DIR
+                ) -> Iterator[tuple[str, list[str], str | None]]:
+    """Each picked secret, read once however many keys name it and put in their place:
+    (its name, the keys naming it, why it could not be read or None)."""
+    uses: dict[str, list[tuple[Any, Any, Sealed]]] = {}
+    for found in sealed(config):
+        if unseal(found[2].key):
+            uses.setdefault(found[2].name, []).append(found)
+    for name, found in sorted(uses.items()):
+        keys = sorted(secret.key for _, _, secret in found)
+        try:
+            value = secrets.read(name, credentials_dir)
+        except secrets.Unreadable as e:
+            yield name, keys, str(e)
+            continue
+        for holder, key, _ in found:
+            if isinstance(holder, dict):
+                holder[key] = value
+            else:
+                setattr(holder, key, value)
+        yield name, keys, None
 
 
 def secret_names(config: Config, unseal: Unseal) -> list[str]:

@@ -54,7 +54,7 @@ def prepare(ctx: Context, name: str) -> Prepared:
     _note_conversation(ctx, name, conv.conversation_id)
     with images.in_use(ctx.state_dir):  # housekeeping prunes no image we are taking
         spec, context, rebuild = _image(ctx, name, mirror, repo)
-        _note(ctx, name, "image", spec.tag)
+        ctx.note(name, {"image": spec.tag})
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
     gateway, policy, secrets, base_url = _network(ctx, name, task, repo, conv, mirror)
     attached = state.get("attached")
@@ -62,7 +62,7 @@ def prepare(ctx: Context, name: str) -> Prepared:
         attached = workspace.copy_attachments(
             [Path(t.attachments_dir) for t in [*merged, task] if t.attachments_dir],
             cdir / "inbox", conv.uid_base)
-        _note(ctx, name, "attached", attached)  # copied once, however often prepared
+        ctx.note(name, {"attached": attached})  # copied once, however often prepared
     fresh = state.get("fresh_retry")
     text = prompt.compose([*merged, task], attached,
                           recovery=conv.last_reply if fresh else None)
@@ -114,11 +114,6 @@ def _network(ctx: Context, name: str, task: TaskRecord, repo: RepoConfig, conv: 
         network_log=str(cdir / "network.log"), allowlist=allowlist, masks=masks)
     secrets = {**repo.secrets, **{m.env: m.surrogate for m in masks}}
     return gateway, policy, secrets, base_url
-
-
-def _note(ctx: Context, name: str, key: str, value: object) -> None:
-    """A fact about the task in its record's state (only this thread works on it now)."""
-    ctx.note(name, {key: value})
 
 
 def collect(ctx: Context, name: str) -> None:

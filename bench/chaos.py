@@ -28,12 +28,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from bench.common import booted
 from tests.system.lab import Lab, base_config
-from tests.system.test_email import ANSWERED, MX, QUARANTINED, REJECTED, poison_mails, signed
+from tests.system.mail import MX, new_dkim_key, signed
+from tests.system.test_email import ANSWERED, QUARANTINED, REJECTED, poison_mails
 
 SENDERS = {"alice@corp.test": "alice-pass", "bob@corp.test": "bob-pass"}
 DAEMONS = ("airut-email@chaos.service", "airut-runner.service", "airut-proxy.service")
@@ -116,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+    key = new_dkim_key()
     with booted(config()) as lab:
         marker = lab.scenario("chaos", [{"tool": "Bash", "input": {"command": "sleep 2"}},
                                         {"text": "answered: {prompt}"}])

@@ -20,14 +20,12 @@ import argparse
 import json
 import time
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
+from airut_core.config import AgentConfig
 from bench.common import first_requests, floor_runs, ms, percentile
 from tests.package.clean import CleanGuest, built_deb
 from tests.package.test_package import CONFIG, CREDENTIALS
 from tests.system.lab import say
-from tests.system.test_email import signed
+from tests.system.mail import new_dkim_key, signed
 
 # In the guest, with airut's own environment (imapclient): send each prepared message
 # over SMTP and time its acceptance, then wait (IMAP IDLE on alice's INBOX) for the
@@ -112,9 +110,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20)
     args = parser.parse_args()
     n = args.messages
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
+    key = new_dkim_key()
     deb = built_deb()
     machine = CleanGuest()
     machine.boot(deb)
@@ -183,7 +179,7 @@ def main() -> None:
 
 
 def _claude_floor(machine: CleanGuest, n: int) -> list[float]:
-    binary = machine.guest("sh", "-c", "ls /var/cache/airut/claude/*/claude").stdout.split()[0]
+    binary = AgentConfig().claude_binary  # where `airut setup claude` put it
     tag = str(time.time_ns())
     out = machine.guest("bash", "-c", CLAUDE_FLOOR.replace("{claude}", binary), "floor",
                         str(n), tag, timeout=1800).stdout

@@ -74,12 +74,11 @@ def main() -> None:
         wait_until(lambda: machine.guest("systemctl", "is-active", *DAEMONS, check=False)
                    .stdout.split() == ["inactive"] * len(DAEMONS), 60, "airut to stop")
         restart = machine.start()
-        warm = machine.guest("airut", "submit", "--repo", "demo", "warm up", timeout=300)
-        assert warm.returncode == 0, warm.stderr
+        machine.airut("submit", "--repo", "demo", "warm up")
         time.sleep(5)
         idle = rss(machine, *DAEMONS)
         marker = machine.scenario("footprint", [bash("sleep 25; echo done"), say("{tool_result}")])
-        tasks = [machine.guest("airut", "submit", "--no-wait", "--repo", "demo",
+        tasks = [machine.airut("submit", "--no-wait", "--repo", "demo",
                                f"{marker} task {i}").stdout.strip() for i in range(args.tasks)]
 
         def units() -> list[str]:
@@ -92,7 +91,7 @@ def main() -> None:
                    "every agent's first model request")
         busy = rss(machine, *DAEMONS, *units())
         for task in tasks:
-            machine.guest("airut", "wait", "--timeout", "300", task, timeout=320)
+            machine.airut("wait", "--timeout", "300", task)
     finally:
         machine.down()
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.system.lab import LAB_DIR, SEED_REPO, Lab, lab_env, wait_until
+from tests.system.lab import LAB_DIR, SEED_REPO, Lab, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -32,8 +32,6 @@ def built_deb(suite: str = "deb12") -> Path:
 class CleanGuest(Lab):
     def __init__(self) -> None:
         super().__init__()
-        env = lab_env()
-        self.home = Path(env["AIRUT_LAB"])
         self.name = NAME
         self.root = self.home / "clean12"
         self.run = self.home / "clean12-run"
@@ -83,17 +81,16 @@ class CleanGuest(Lab):
     def configure(self, config: str, credentials: dict[str, str]) -> None:
         """The sample repository, airut.yaml and its credentials (root-only files)."""
         self.guest("sh", "-ec", SEED_REPO)
-        self.guest("install", "-m644", "/dev/stdin", "/etc/airut/airut.yaml", input=config)
+        self.put_file("/etc/airut/airut.yaml", config)
         for name, value in credentials.items():
-            self.guest("install", "-m600", "/dev/stdin", f"/etc/airut/credentials/{name}",
-                       input=value + "\n")
+            self.put_file(f"/etc/airut/credentials/{name}", value + "\n", mode="600")
         self.scenario_dir.mkdir(exist_ok=True)  # the demo model's scripted answers
 
     def setup_claude(self) -> subprocess.CompletedProcess:
         """`airut setup claude` from the npm cache, asking the registry it was made with."""
         registry = (self.run / "srv/npm-cache/.registry").read_text().strip()
-        return self.guest("airut", "setup", "claude", "--", "--offline", "--cache",
-                          "/srv/npm-cache", "--registry", registry, timeout=600)
+        return self.airut("setup", "claude", "--", "--offline", "--cache", "/srv/npm-cache",
+                          "--registry", registry)
 
     def prepare_sandbox(self) -> None:
         """The operator's part of the sandbox: the agents' base image (doc/images.md), and

@@ -7,8 +7,6 @@ The tests run in file order on one machine: each step starts where the last left
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import os
 import re
@@ -19,9 +17,7 @@ import pytest
 
 from tests.package.clean import CleanGuest, built_deb
 from tests.system.lab import bash, say, wait_until
-from tests.system.test_email import dkim_key, signed  # noqa: F401 (a fixture)
-
-pytestmark = pytest.mark.package
+from tests.system.mail import answer, signed
 
 CONFIG = """\
 # A first repository: the demo model plays Anthropic's API at api.anthropic.com
@@ -62,10 +58,6 @@ def machine():
         guest.down()
 
 
-def airut(machine, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return machine.guest("airut", *args, check=check, timeout=600)
-
-
 def test_install_makes_users_directories_and_enabled_units(machine):
     assert machine.guest("sh", "-c", "command -v airut", check=False).returncode != 0
     print(f"\napt install of {machine.deb.name}: {machine.install():.1f} s")
@@ -87,15 +79,20 @@ def test_install_makes_users_directories_and_enabled_units(machine):
 
 def test_configure_setup_claude_and_check(machine):
     machine.configure(CONFIG, CREDENTIALS)
-    missing = airut(machine, "check", "--offline", check=False)
+    missing = machine.airut("check", "--offline", check=False)
     assert missing.returncode == 1
     assert re.search(r"^FAIL  Claude Code CLI: .* is missing; run: airut setup claude$",
                      missing.stdout, re.M), missing.stdout
     assert "Claude Code 2." in machine.setup_claude().stdout
     machine.prepare_sandbox()
-    check = airut(machine, "check", check=False)
+    check = machine.airut("check", check=False)
     assert check.returncode == 0, check.stdout
     assert "all checks passed" in check.stdout
+    for name in ("configuration", "secret anthropic-api-key", "secret mail-demo", "podman",
+                 "cgroups", "nftables", "Claude Code CLI", "proxy CA", "repository demo",
+                 "email demo: IMAP", "email demo: SMTP"):
+        assert re.search(rf"^ok    {re.escape(name)}", check.stdout, re.M), (name, check.stdout)
+    assert "allowlist parses" in check.stdout
 
 
 @pytest.mark.parametrize(("change", "line"), [
@@ -113,9 +110,8 @@ def test_configure_setup_claude_and_check(machine):
      r"ConnectionRefusedError"),
 ], ids=["broken-yaml", "unknown-key", "unreadable-secret", "missing-cli", "no-imap"])
 def test_check_fails_with_the_line_that_names_the_problem(machine, change, line):
-    machine.guest("install", "-m644", "/dev/stdin", "/etc/airut/check.yaml",
-                  input=change(CONFIG))
-    out = airut(machine, "check", "--config", "/etc/airut/check.yaml", check=False)
+    machine.put_file("/etc/airut/check.yaml", change(CONFIG))
+    out = machine.airut("check", "--config", "/etc/airut/check.yaml", check=False)
     assert out.returncode == 1, out.stdout
     failed = [x for x in out.stdout.splitlines() if x.startswith("FAIL")]
     assert len(failed) == 1 and re.match(line, failed[0]), out.stdout
@@ -130,13 +126,14 @@ def test_enable_starts_every_unit_and_the_channel_the_config_defines(machine):
     assert handed == ["mail-demo"]
 
 
-def test_a_signed_mail_gets_a_threaded_reply(machine, dkim_key):  # noqa: F811
+def test_a_signed_mail_gets_a_threaded_reply(machine, dkim_key):
     marker = machine.scenario("installed", [bash("curl -s -o /dev/null -w '%{http_code}' "
                                                  "https://other.test/installed-probe"),
                                             say("installed and answering: {tool_result}")])
     raw, message_id = signed(dkim_key, "alice@corp.test", "First task", f"{marker} hello")
     machine.send_mail(raw, "alice@corp.test")
-    reply = wait_until(lambda: _answer(machine, message_id, "installed and answering"), 120,
+    reply = wait_until(lambda: answer(machine, *ALICE, message_id, "installed and answering"),
+                       120,
                        "the answer in alice's mailbox")
     assert "installed and answering: 403" in reply.get_body(("plain",)).get_content()
     assert reply["From"] == "airut@corp.test" and message_id in reply["References"]
@@ -144,26 +141,17 @@ def test_a_signed_mail_gets_a_threaded_reply(machine, dkim_key):  # noqa: F811
     assert keys == {API_KEY}  # unsealed by the runner from its credential, swapped by the proxy
 
 
-def _answer(machine, message_id: str, words: str):
-    for raw in machine.mailbox(*ALICE):
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        if message_id in (msg.get("In-Reply-To") or "") and \
-                words in msg.get_body(("plain",)).get_content():
-            return msg
-    return None
-
-
 def test_logs_show_one_task_from_every_daemon(machine):
-    tasks = json.loads(airut(machine, "tasks", "--json").stdout)
+    tasks = json.loads(machine.airut("tasks", "--json").stdout)
     assert len(tasks) == 1 and tasks[0]["sender"] == "alice@corp.test", tasks
     task = tasks[0]
-    other = airut(machine, "submit", "--repo", "demo", "another task").stdout
-    logs = airut(machine, "logs", task["task"]).stdout
+    other = machine.airut("submit", "--repo", "demo", "another task").stdout
+    logs = machine.airut("logs", task["task"]).stdout
     for source in ("airut-email@demo", "airut-runner", "airut-proxy", "podman"):
         assert re.search(rf" {re.escape(source)}\[\d+\]: ", logs), (source, logs)
     assert f"systemd[1]: Started {task['unit']}" in logs
     assert "BLOCKED GET other.test /installed-probe" in logs
-    others = json.loads(airut(machine, "tasks", "--json").stdout)
+    others = json.loads(machine.airut("tasks", "--json").stdout)
     other_id = next(t["task"] for t in others if t["task"] != task["task"])
     assert other_id not in logs and "another task" not in logs and other
 
@@ -208,7 +196,7 @@ def test_an_upgrade_while_a_task_runs_loses_nothing(machine, tmp_path: Path):
     runner_before = _main_pid(machine, "airut-runner")
     marker = machine.scenario("upgrade", [bash("sleep 15; echo survived"),
                                           say("{tool_result} the upgrade")])
-    task = airut(machine, "submit", "--no-wait", "--repo", "demo", f"{marker} go").stdout.strip()
+    task = machine.airut("submit", "--no-wait", "--repo", "demo", f"{marker} go").stdout.strip()
     wait_until(lambda: any(task in line for line in machine.guest(
         "systemctl", "list-units", "--plain", "--no-legend", "airut-task-*").stdout.splitlines()),
         60, "the task unit")
@@ -216,9 +204,9 @@ def test_an_upgrade_while_a_task_runs_loses_nothing(machine, tmp_path: Path):
     version = machine.guest("dpkg-query", "-W", "-f", "${Version}", "airut").stdout
     assert version.endswith("+upgrade1")
     assert _main_pid(machine, "airut-runner") != runner_before  # the new code runs
-    reply = json.loads(airut(machine, "wait", "--json", "--timeout", "120", task).stdout)
+    reply = json.loads(machine.airut("wait", "--json", "--timeout", "120", task).stdout)
     assert reply["outcome"] == "success" and "survived the upgrade" in reply["text"], reply
-    queues = json.loads(airut(machine, "status", "--json").stdout)["queues"]
+    queues = json.loads(machine.airut("status", "--json").stdout)["queues"]
     assert sum(v for k, v in queues.items() if k.startswith("failed/")) == 0, queues
 
 

@@ -83,6 +83,15 @@ class Lab:
                                  f"stdout: {result.stdout}\nstderr: {result.stderr}")
         return result
 
+    def put_file(self, path: str, text: str, mode: str = "644") -> None:
+        """Write a file in the guest (its directories made), with this mode."""
+        self.guest("install", "-D", f"-m{mode}", "/dev/stdin", path, input=text)
+
+    def airut(self, *args: str, check: bool = True, timeout: float = 600
+              ) -> subprocess.CompletedProcess:
+        """The `airut` command in the guest, as root."""
+        return self.guest("airut", *args, check=check, timeout=timeout)
+
     def submit(self, text: str, repo: str | None = None, conversation: str | None = None,
                timeout: float = 120) -> dict:
         """`airut submit` in the guest; returns the reply record."""

@@ -16,55 +16,18 @@ import os
 import re
 import time
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import make_msgid
 from pathlib import Path
-
-import dkim
-import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from airut_core.records import TaskRecord
 from airut_core.spool import Stage
 from airut_ingest.email.compose import Thread
 from tests.system.lab import wait_until
+from tests.system.mail import MX, replies_to, signed
 
 ALICE = ("alice@corp.test", "alice-pass")
 CAROL = ("carol@corp.test", "carol-pass")
 AIRUT = ("airut@corp.test", "airut-pass")
-MX = "mx.corp.test"
-
-
-@pytest.fixture(scope="module")
-def dkim_key() -> bytes:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def signed(key: bytes, sender: str, subject: str, body: str, results: list[str] | None = None,
-           domain: str = "corp.test", attachments: dict[str, bytes] | None = None,
-           **headers: str) -> tuple[bytes, str]:
-    """A DKIM-signed message with the MX's verdicts on top; returns it and its Message-ID."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = headers.pop("to", "airut@corp.test")
-    msg["Subject"] = subject
-    msg["Date"] = formatdate()
-    msg["Message-ID"] = message_id = make_msgid(domain=domain)
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content(body)
-    for name, data in (attachments or {}).items():
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    raw = bytes(msg)
-    signature = dkim.sign(raw, b"lab", domain.encode(), key,
-                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
-    if results is None:
-        results = [f"{MX}; dkim=pass header.d={domain}; dmarc=pass (p=reject) "
-                   f"header.from={domain}"]
-    top = "".join(f"Authentication-Results: {r}\r\n" for r in results).encode()
-    return top + signature + raw, message_id
 
 
 def wait_for_mail(lab, count: int, timeout: float = 90) -> list[email.message.EmailMessage]:
@@ -75,10 +38,6 @@ def wait_for_mail(lab, count: int, timeout: float = 90) -> list[email.message.Em
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.3)
-
-
-def replies_to(messages, message_id: str) -> list:
-    return [m for m in messages if message_id in str(m["In-Reply-To"] or "").split()]
 
 
 def test_mail_becomes_a_task_and_the_reply_comes_back_threaded(lab, dkim_key):

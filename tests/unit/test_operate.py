@@ -75,3 +75,22 @@ def test_logs_match_the_task_and_its_unit_and_refuse_a_bad_id(cfg, monkeypatch):
                             "UNIT=airut-task-x-20261202T000000000-bbbbbb.service", "-f"]
     with pytest.raises(ValueError, match="not a task id"):
         operate.logs_command(cfg, "x; rm -rf /", follow=False)
+
+
+def test_check_names_a_repository_without_its_credentials():
+    """`airut check` talks to the real git; what it says of an unreachable URL must not
+    carry the token in it (the runner's mirror hides it the same way)."""
+    from airut_cli.check import Failed, _repository
+
+    with pytest.raises(Failed) as e:
+        _repository("http://airut:TOKEN-SECRET@127.0.0.1:1/demo.git")
+    assert "TOKEN-SECRET" not in str(e.value)
+    assert str(e.value).startswith("cannot reach http://127.0.0.1:1/demo.git: ")
+
+
+def test_what_others_wrote_is_shown_not_obeyed(capsys):
+    line = operate.TaskLine("20261102T000000000-bbbbbb", None, "demo",
+                            "\x1b]52;c;cm0gLXJmIH4=\x07eve@x", "success", "2026-11-02T10:00")
+    operate.print_tasks([line])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]52;c;" in out
