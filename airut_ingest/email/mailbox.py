@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 from email.message import EmailMessage
@@ -19,6 +20,13 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     if ca_file:
         context.load_verify_locations(ca_file)
     return context
+
+
+def _shutdown(client: IMAPClient) -> None:
+    """Drop the connection. A failed TLS handshake has already taken its socket, and
+    the error worth reporting is the one that got us here, not this one."""
+    with contextlib.suppress(OSError):
+        client.shutdown()
 
 
 class Mailbox:
@@ -40,7 +48,7 @@ class Mailbox:
             client.login(cfg.username, cfg.password)
             client.select_folder(cfg.mailbox)
         except Exception:
-            client.shutdown()
+            _shutdown(client)
             raise
         self.client = client
 
@@ -49,7 +57,7 @@ class Mailbox:
             try:
                 self.client.logout()
             except Exception:
-                self.client.shutdown()
+                _shutdown(self.client)
             self.client = None
 
     def waiting(self) -> list[int]:

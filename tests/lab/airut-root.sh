@@ -1,6 +1,6 @@
 #!/bin/bash
 # airut-root.sh ROOT HOSTNAME : airut and the lab's stand-ins for the internet, installed
-# into a root filesystem (the nspawn guest's, or the cgroup v2 VM's).
+# into the nspawn lab guest's root filesystem.
 # - the current source into guest-venv, as a package would install it, and airut's
 #   units pointed at that venv (install-units.sh);
 # - the stand-ins for the internet (stand-ins.sh).

@@ -81,17 +81,26 @@ if [ ! -x "$CLAUDE_DIR/claude" ]; then
   "$CLAUDE_DIR/claude" --version
 fi
 # A lab CA and a certificate for the names the demo model plays in the guest
-# (api.anthropic.com among them); airut-proxy is told to trust the CA upstream.
+# (api.anthropic.com among them); airut-proxy is told to trust the CA upstream. Both
+# carry the extensions a real CA's do: Python 3.13 (Debian 13) verifies strictly and
+# refuses a CA without keyUsage or a leaf without authorityKeyIdentifier.
 TLS=$AIRUT_LAB/tls
-SAN="subjectAltName=DNS:api.anthropic.com,DNS:allowed.test,DNS:paths.test,DNS:other.test,DNS:*.allowed.test,DNS:mx.corp.test,IP:127.0.0.1"
-if [ "$(cat "$TLS/ext" 2>/dev/null)" != "$SAN" ]; then
+EXT="subjectAltName=DNS:api.anthropic.com,DNS:allowed.test,DNS:paths.test,DNS:other.test,DNS:*.allowed.test,DNS:mx.corp.test,IP:127.0.0.1
+authorityKeyIdentifier=keyid
+subjectKeyIdentifier=hash
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth"
+if [ "$(cat "$TLS/ext" 2>/dev/null)" != "$EXT" ]; then
   step "lab TLS certificates"
   rm -rf "$TLS.new" && mkdir -p "$TLS.new"
   openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=airut lab CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -addext subjectKeyIdentifier=hash \
     -keyout "$TLS.new/ca.key" -out "$TLS.new/ca.pem" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=api.anthropic.com" \
     -keyout "$TLS.new/server.key" -out "$TLS.new/server.csr" 2>/dev/null
-  echo "$SAN" > "$TLS.new/ext"
+  echo "$EXT" > "$TLS.new/ext"
   openssl x509 -req -in "$TLS.new/server.csr" -CA "$TLS.new/ca.pem" -CAkey "$TLS.new/ca.key" \
     -CAcreateserial -days 3650 -extfile "$TLS.new/ext" -out "$TLS.new/server.pem" 2>/dev/null
   rm -rf "$TLS" && mv "$TLS.new" "$TLS"

@@ -35,6 +35,57 @@ grep -q '^127.0.0.1:587 ' "$ROOT/etc/postfix/master.cf" || cat >> "$ROOT/etc/pos
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
 CF
+# Dovecot 2.4 (Debian 13) changed its configuration language; 2.3 is Debian 12's.
+DOVECOT=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Version}' dovecot-core)
+if dpkg --compare-versions "$DOVECOT" ge 1:2.4; then
+cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
+dovecot_config_version = 2.4.0
+dovecot_storage_version = 2.4.0
+protocols = imap lmtp
+listen = 127.0.0.1
+ssl = yes
+ssl_server_cert_file = /etc/airut/lab-tls/server.pem
+ssl_server_key_file = /etc/airut/lab-tls/server.key
+auth_allow_cleartext = yes
+auth_mechanisms = plain login
+mail_driver = maildir
+mail_home = /var/mail/%{user | domain}/%{user | username}
+mail_path = ~/
+first_valid_uid = 8
+passdb passwd-file {
+  passwd_file_path = /etc/dovecot/lab-users
+  default_password_scheme = PLAIN
+}
+userdb static {
+  fields {
+    uid = mail
+    gid = mail
+  }
+}
+service imap-login {
+  inet_listener imap {
+    listen = 127.0.0.1
+    port = 143
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service auth {
+  unix_listener /var/spool/postfix/private/auth {
+    mode = 0660
+    user = postfix
+    group = postfix
+  }
+}
+service lmtp {
+  inet_listener lmtp {
+    listen = 127.0.0.1
+    port = 24
+  }
+}
+CF
+else
 cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
 protocols = imap lmtp
 listen = 127.0.0.1
@@ -76,6 +127,7 @@ service lmtp {
   }
 }
 CF
+fi
 cat > "$ROOT/etc/dovecot/lab-users" <<'USERS'
 airut@corp.test:{PLAIN}airut-pass
 alice@corp.test:{PLAIN}alice-pass
@@ -84,6 +136,10 @@ carol@corp.test:{PLAIN}carol-pass
 USERS
 chmod 640 "$ROOT/etc/dovecot/lab-users"
 chgrp "$(awk -F: '$1=="dovecot"{print $3}' "$ROOT/etc/group")" "$ROOT/etc/dovecot/lab-users"
+# Dovecot puts postfix's SASL socket into postfix's private/ directory, which Debian
+# 13's postfix makes only when it first starts (after dovecot).
+install -d -m 700 -o "$(awk -F: '$1=="postfix"{print $3}' "$ROOT/etc/passwd")" \
+  "$ROOT/var/spool/postfix/private"
 # Every boot starts with empty mailboxes and an empty mail queue.
 for q in active deferred incoming maildrop hold corrupt bounce defer flush; do
   [ -d "$ROOT/var/spool/postfix/$q" ] && find "$ROOT/var/spool/postfix/$q" -type f -delete

@@ -11,9 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lab/lab.env"
 DEB=${1:?usage: package/build.sh DEB}
-# "a (>= 1), b | c, d" -> a,b,d: the first of each alternative, without versions.
-DEPENDS=$({ dpkg-deb -f "$DEB" Depends; dpkg-deb -f "$DEB" Pre-Depends; } | tr ',' '\n' \
-  | sed -e 's/|.*//' -e 's/(.*)//' -e 's/ //g' | grep -v '^$' | sort -u | paste -sd, -)
+DEPENDS=$("$HERE/../lab/deb-depends.sh" "$DEB")
 PKGS="$DEPENDS,systemd-sysv,dbus,libpam-systemd,iproute2,less,dovecot-imapd,dovecot-lmtpd,postfix,npm,python3"
 TAR=$AIRUT_LAB/clean12.tar
 CACHE=$AIRUT_LAB/npm-cache

@@ -29,7 +29,72 @@ def built_deb(suite: str = "deb12") -> Path:
     return Path(found[-1])
 
 
-class CleanGuest(Lab):
+class Operator:
+    """What an operator does to a machine, one step each (the tests assert around them;
+    the benchmarks run them in a row). Mixed into a Lab whose guest() reaches the
+    machine: the clean Debian 12 guest here, the Debian 13 VM (tests/vm)."""
+
+    deb: Path
+
+    def sh(self, script: str, check: bool = True, timeout: float = 600
+           ) -> subprocess.CompletedProcess:
+        return self.guest("bash", "-ec", script, check=check, timeout=timeout)
+
+    def install(self, deb: Path | None = None, timeout: float = 600) -> float:
+        """`apt-get install ./airut_*.deb` (the package is in the machine's /srv); returns
+        the seconds it took."""
+        deb = deb or self.deb
+        started = time.monotonic()
+        self.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{deb.name}",
+                timeout=timeout)
+        return time.monotonic() - started
+
+    def configure(self, config: str, credentials: dict[str, str]) -> None:
+        """airut.yaml and its credentials (root-only files)."""
+        self.put_file("/etc/airut/airut.yaml", config)
+        for name, value in credentials.items():
+            self.put_file(f"/etc/airut/credentials/{name}", value + "\n", mode="600")
+
+    def allow_loopback_upstreams(self) -> None:
+        """The proxy allowed to reach this machine's loopback stand-ins for the internet."""
+        self.put_file("/etc/systemd/system/airut-proxy.service.d/upstreams.conf",
+                      "[Service]\nIPAddressAllow=127.0.0.1\n")
+
+    def start(self, *extra: str, timeout: float = 120) -> float:
+        """`systemctl enable --now airut.target` (and extra units); the seconds until every
+        daemon is active."""
+        self.guest("systemctl", "daemon-reload")
+        started = time.monotonic()
+        self.guest("systemctl", "enable", "--now", *extra, "airut.target", timeout=timeout)
+        wait_until(lambda: self.guest("systemctl", "is-active", *DAEMONS, *extra, check=False)
+                   .stdout.split() == ["active"] * (len(DAEMONS) + len(extra)), timeout,
+                   "every airut unit to be active")
+        return time.monotonic() - started
+
+    def purge_leftovers(self) -> list[str]:
+        """`apt-get purge airut`, then what it left behind (nothing, or the test fails
+        naming it): units, users, groups, directories, the firewall table, images."""
+        self.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q airut")
+        left = []
+        left += self.guest("systemctl", "list-units", "--all", "--plain", "--no-legend",
+                           "airut*").stdout.splitlines()
+        left += self.guest("systemctl", "list-unit-files", "--plain", "--no-legend", "airut*",
+                           check=False).stdout.splitlines()  # exits 1 when none matches
+        for db, name in (("passwd", "airut-proxy"), ("passwd", "airut-email"),
+                         ("group", "airut"), ("group", "airut-ingest")):
+            if self.guest("getent", db, name, check=False).returncode != 2:
+                left.append(f"{db} entry {name}")
+        left += self.sh("ls -d /etc/airut /var/lib/airut /var/lib/airut-proxy /var/spool/airut "
+                        "/var/cache/airut /run/airut /usr/lib/airut 2>/dev/null || true"
+                        ).stdout.splitlines()
+        if self.guest("nft", "list", "table", "inet", "airut", check=False).returncode == 0:
+            left.append("nft table inet airut")
+        left += self.guest("podman", "images", "-q", "--filter", "label=airut.tree"
+                           ).stdout.splitlines()
+        return [line for line in left if line.strip()]
+
+
+class CleanGuest(Operator, Lab):
     def __init__(self) -> None:
         super().__init__()
         self.name = NAME
@@ -64,26 +129,10 @@ class CleanGuest(Lab):
                        env=getattr(self, "env", None))
         self.leader = None
 
-    def sh(self, script: str, check: bool = True, timeout: float = 600
-           ) -> subprocess.CompletedProcess:
-        return self.guest("bash", "-ec", script, check=check, timeout=timeout)
-
-    # -- what an operator does, one step each (the tests assert around them; the
-    # -- benchmarks run them in a row) -----------------------------------------------
-
-    def install(self, deb: Path | None = None) -> float:
-        """`apt-get install ./airut_*.deb`; returns the seconds it took."""
-        deb = deb or self.deb
-        started = time.monotonic()
-        self.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{deb.name}")
-        return time.monotonic() - started
-
     def configure(self, config: str, credentials: dict[str, str]) -> None:
-        """The sample repository, airut.yaml and its credentials (root-only files)."""
+        """The sample repository, airut.yaml and its credentials."""
         self.guest("sh", "-ec", SEED_REPO)
-        self.put_file("/etc/airut/airut.yaml", config)
-        for name, value in credentials.items():
-            self.put_file(f"/etc/airut/credentials/{name}", value + "\n", mode="600")
+        super().configure(config, credentials)
         self.scenario_dir.mkdir(exist_ok=True)  # the demo model's scripted answers
 
     def setup_claude(self) -> subprocess.CompletedProcess:
@@ -96,20 +145,7 @@ class CleanGuest(Lab):
         """The operator's part of the sandbox: the agents' base image (doc/images.md), and
         the proxy allowed to reach this machine's loopback stand-ins."""
         self.sh("podman import -q /srv/base.tar localhost/airut-base:latest >/dev/null")
-        self.sh("mkdir -p /etc/systemd/system/airut-proxy.service.d && printf "
-                "'[Service]\\nIPAddressAllow=127.0.0.1\\n' > "
-                "/etc/systemd/system/airut-proxy.service.d/upstreams.conf")
-
-    def start(self, *extra: str) -> float:
-        """`systemctl enable --now airut.target` (and extra units); the seconds until every
-        daemon is active."""
-        self.guest("systemctl", "daemon-reload")
-        started = time.monotonic()
-        self.guest("systemctl", "enable", "--now", *extra, "airut.target")
-        wait_until(lambda: self.guest("systemctl", "is-active", *DAEMONS, *extra, check=False)
-                   .stdout.split() == ["active"] * (len(DAEMONS) + len(extra)), 120,
-                   "every airut unit to be active")
-        return time.monotonic() - started
+        self.allow_loopback_upstreams()
 
     def provision(self, config: str, credentials: dict[str, str]) -> tuple[float, float]:
         """Every step above in a row, with the demo model on; returns the seconds of the

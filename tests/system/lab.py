@@ -143,12 +143,10 @@ class Lab:
     # -- mail ---------------------------------------------------------------------------
 
     def send_mail(self, raw: bytes, sender: str, recipient: str = "airut@corp.test") -> None:
-        """Submit a message over SMTP to the guest's postfix."""
-        name = f"mail-{time.time_ns()}.eml"
-        (self.run / "srv" / name).write_bytes(raw)  # the guest's /srv
-        self.guest("python3", "-c", "import smtplib, sys; s = smtplib.SMTP('127.0.0.1', 25); "
-                   "s.sendmail(sys.argv[1], [sys.argv[2]], open(sys.argv[3], 'rb').read()); "
-                   "s.quit()", sender, recipient, f"/srv/{name}")
+        """Submit a message over SMTP to the guest's postfix (base64 on its standard input:
+        the bytes arrive as they are, through nsenter or a VM's guest agent)."""
+        self.guest("python3", "-c", SEND_MAIL, sender, recipient,
+                   input=base64.b64encode(raw).decode())
 
     def mailbox(self, user: str, password: str, folder: str = "INBOX") -> list[bytes]:
         """Every message in a lab user's folder, oldest first (read over IMAP)."""
@@ -182,6 +180,12 @@ class Lab:
     def conversation_dir(self, conversation_id: str) -> Path:
         return self.state / "conversations" / conversation_id
 
+
+SEND_MAIL = """
+import base64, smtplib, sys
+with smtplib.SMTP("127.0.0.1", 25) as smtp:
+    smtp.sendmail(sys.argv[1], [sys.argv[2]], base64.b64decode(sys.stdin.read()))
+"""
 
 # The lab repositories' .airut/network-allowlist.yaml: the model API, one open
 # domain, and a path- and method-limited one (all served by the demo model); and

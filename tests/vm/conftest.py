@@ -5,17 +5,8 @@ import shutil
 
 import pytest
 
-from tests.system.lab import base_config
 from tests.vm.vm import QEMU, Vm
 
-# The emulated machine is 15-75 times slower than the host: generous time limits, and
-# memory limits that fit its 3 GiB.
-SLOW = {"timeout": 900, "cpus": 1.0, "pids_limit": 256}
-CONFIG = base_config(
-    demo={"resource_limits": {**SLOW, "memory": "1G"}},
-    small={"resource_limits": {**SLOW, "memory": "320M"}},
-    cpu={"resource_limits": {**SLOW, "memory": "1G", "cpus": 0.5}},
-)
 _vm: Vm | None = None
 
 
@@ -29,7 +20,7 @@ def vm():
                     "qemu-system-x86); the cgroup v2 lane cannot run without it")
     _vm = Vm()
     try:
-        _vm.up(CONFIG)
+        _vm.up()
     except Exception as e:
         _vm.down()
         pytest.fail(f"the cgroup v2 VM did not come up: {e}")

@@ -1,10 +1,13 @@
-"""The cgroup v2 lane: a real Debian 12 machine (qemu, no KVM) running airut.
+"""The cgroup v2 lane: a real Debian 13 machine (qemu, no KVM) that installs airut's
+Debian 13 package.
 
-The nspawn lab shares this host's cgroup v1; Debian 12 and 13 boot on cgroup v2,
-where the kernel and systemd report and enforce limits differently. This lab boots
-a VM with systemd as PID 1 on cgroup2fs, airut installed and enabled as on a server
-(units, the guest venv, the CLI, the base image, the demo model as the API, the
-proxy and the firewall), and drives it through the QEMU guest agent.
+The nspawn labs share this host's cgroup v1; Debian 12 and 13 boot on cgroup v2,
+where the kernel and systemd report and enforce limits differently, and Debian 13's
+systemd (257) boots on nothing else. This lab boots a clean Debian 13 server with
+systemd as PID 1 on cgroup2fs, the package waiting in /srv, the lab's stand-ins for the
+internet and its mail system, and drives it through the QEMU guest agent; the tests
+install, configure and start airut as an operator does (tests/package/clean.py's
+Operator steps).
 
 It offers the nspawn Lab's interface (guest, submit, wait_reply, unit_properties,
 journal, scenario, ...), so a test reads the same in both labs; what the nspawn lab
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.package.clean import Operator, built_deb
 from tests.system.lab import ALLOWLIST, LAB_DIR, Lab
 from tests.vm.qga import GuestAgent
 
@@ -31,7 +35,7 @@ QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 300  # TCG boots in 15-30 s on an idle machine; allow for a busy one
 
 
-class Vm(Lab):
+class Vm(Operator, Lab):
     def __init__(self) -> None:
         super().__init__()
         self.vm = self.home / "vm"
@@ -39,10 +43,11 @@ class Vm(Lab):
         self.run = self.home / "vm-run"
         self.agent = GuestAgent(self.run / "qga.sock")
         self.timings: dict[str, float] = {}
+        self.deb = built_deb("deb13")
 
     # -- lifecycle --------------------------------------------------------------
 
-    def up(self, config: dict) -> None:
+    def up(self) -> None:
         if shutil.which(QEMU) is None:
             raise RuntimeError(f"{QEMU} is missing: `make lab-vm` installs it "
                                "(Debian package qemu-system-x86)")
@@ -50,13 +55,9 @@ class Vm(Lab):
             raise RuntimeError(f"no VM root filesystem in {self.root}: run `make lab-vm` "
                                "(tests/lab/vm/build.sh)")
         self.down()
-        self.write_config(config)
-        self.scenario_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.scenario_dir.glob("*.json"):
-            old.unlink()
         seed_repository(self.root / "srv/git/demo.git")
         started = time.monotonic()
-        made = subprocess.run(["bash", str(VM_DIR / "up.sh"), str(self.run)],
+        made = subprocess.run(["bash", str(VM_DIR / "up.sh"), str(self.run), str(self.deb)],
                               capture_output=True, text=True)
         if made.returncode != 0:
             raise RuntimeError(f"tests/lab/vm/up.sh exited {made.returncode}: "
@@ -70,11 +71,12 @@ class Vm(Lab):
                                timeout=BOOT_TIMEOUT).stdout.strip()
         except Exception as e:
             raise RuntimeError(f"the VM did not boot: {e}\n{self.console_tail()}") from e
-        self.timings["boot to multi-user (airut started)"] = time.monotonic() - started
+        self.timings["boot to multi-user"] = time.monotonic() - started
         failed = self.guest("systemctl", "list-units", "--failed", "--plain",
                             "--no-legend").stdout
         if state != "running":
             raise RuntimeError(f"the VM booted {state}; failed units:\n{failed}")
+        self.guest("systemctl", "start", "--no-block", *MAIL_SYSTEM)
 
     def down(self) -> None:
         self.agent.close()
@@ -122,6 +124,7 @@ class Vm(Lab):
 
 
 IMAGE_MARK = "built-from-the-repository"
+MAIL_SYSTEM = ("postfix.service", "dovecot.service")  # started after boot (vm/up.sh)
 
 
 def seed_repository(bare: Path) -> None:

@@ -1,10 +1,13 @@
 #!/bin/bash
-# vm/build.sh: the cgroup v2 lane's virtual machine, built once and cached in
-# $AIRUT_LAB/vm (tests/lab/build.sh must have run: this reuses its base image tarball).
+# vm/build.sh DEB: the cgroup v2 lane's virtual machine, a clean Debian 13 server for
+# the Debian 13 package DEB, built once and cached in $AIRUT_LAB/vm (tests/lab/build.sh
+# must have run: this reuses its base image tarball).
 #   - host packages: qemu (no KVM needed: the lane runs under TCG), e2fsprogs
-#   - a Debian 12 root filesystem made by mmdebstrap: systemd, podman with crun (the
-#     defaults of a Debian 12 server), the cloud kernel and its initramfs, and the QEMU
-#     guest agent, the lane's only channel into the machine
+#   - a Debian 13 root filesystem made by mmdebstrap that has never seen airut: what
+#     `apt install ./DEB` pulls from Debian (the machine has no network, so it is in
+#     place before), podman with crun (Debian's default), a mail system (postfix,
+#     dovecot) for the mail round trip, the cloud kernel and its initramfs, and the
+#     QEMU guest agent, the lane's only channel into the machine
 #   - the kernel and initramfs, copied out for qemu -kernel/-initrd
 #   - the agent's base image, imported into the root filesystem's podman storage from
 #     the host (inside the emulated machine the same import takes a minute)
@@ -12,6 +15,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lab.env"
+DEB=${1:?usage: vm/build.sh DEB (the Debian 13 package)}
 VM=$AIRUT_LAB/vm
 ROOT=$VM/rootfs
 mkdir -p "$VM"
@@ -25,20 +29,23 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive retry 3 $APT install -y --no-install-recommends $missing
 fi
 
-# What a Debian 12 server running airut has (podman's defaults: crun, netavark),
-# plus the kernel and the guest agent.
-VM_PKGS=systemd,systemd-sysv,udev,dbus,podman,conmon,crun,netavark,aardvark-dns,catatonit,iptables,nftables,iproute2,uidmap,python3,ca-certificates,procps,kmod,git,zstd,linux-image-cloud-amd64,initramfs-tools,qemu-guest-agent
+# What a Debian 13 server has when airut's Depends are installed (crun, as podman
+# prefers it, for the "runc | crun" alternative), plus the kernel, the guest agent,
+# and the mail system and python3 the tests play around it.
+DEPENDS=$("$HERE/../deb-depends.sh" "$DEB" | sed 's/\brunc\b/crun/')
+VM_PKGS=$DEPENDS,systemd-sysv,udev,dbus,libpam-systemd,iproute2,python3,kmod,zstd,linux-image-cloud-amd64,initramfs-tools,qemu-guest-agent,postfix,dovecot-imapd,dovecot-lmtpd
 # Units that cost boot time and do nothing for the lane.
 MASK="podman-auto-update.service podman-auto-update.timer podman-restart.service
   apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer
   man-db.timer getty@.service serial-getty@.service systemd-timesyncd.service"
 if [ "$(cat "$ROOT/.complete" 2>/dev/null)" != "$VM_PKGS $MASK" ]; then
-  step "VM root filesystem (mmdebstrap, Debian 12 with the cloud kernel)"
+  step "VM root filesystem (mmdebstrap, Debian 13 with the cloud kernel)"
   rm -rf "$ROOT"
   retry 3 mmdebstrap --variant=minbase --include="$VM_PKGS" \
+    --essential-hook='echo "postfix postfix/main_mailer_type select No configuration" | chroot "$1" debconf-set-selections' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    bookworm "$ROOT"
+    trixie "$ROOT"
   echo airut-vm > "$ROOT/etc/hostname"
   printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' > "$ROOT/etc/fstab"
   : > "$ROOT/etc/machine-id"  # made on first boot

@@ -1,13 +1,15 @@
 #!/bin/bash
-# vm/up.sh RUN_DIR : boot the cgroup v2 VM (qemu without KVM) with airut installed,
-# and print qemu's PID. The caller waits for the guest agent (tests/vm/vm.py).
+# vm/up.sh RUN_DIR DEB : boot the cgroup v2 VM (qemu without KVM), a clean Debian 13
+# server with the package DEB waiting in /srv, and print qemu's PID. The caller waits
+# for the guest agent and installs the package as an operator would (tests/vm).
 #
 # The machine's disk is made fresh for every run from the cached root filesystem
-# ($AIRUT_LAB/vm/rootfs, made by vm/build.sh) plus what changes between runs: airut
-# from the current source (airut-root.sh, as for the nspawn guest), the guest venv at
-# its own path (its scripts name their interpreter by absolute path), the Claude Code
-# binary, and whatever the caller put into the root filesystem before (configuration,
-# repositories). The root filesystem itself is never booted, so it stays clean.
+# ($AIRUT_LAB/vm/rootfs, made by vm/build.sh) plus what changes between runs: the
+# package, the lab's stand-ins for the internet and its mail system (stand-ins.sh,
+# mail.sh, as for the nspawn guests), the Claude Code binary where `airut setup claude`
+# would put it (the clean Debian 12 machine tests that command; npm in the emulated
+# machine would take minutes), and whatever the caller put into the root filesystem
+# before (repositories). The root filesystem itself is never booted, so it stays clean.
 #
 # The only channel in and out is the QEMU guest agent on a virtio-serial port
 # (RUN_DIR/qga.sock): it runs commands and returns their exit code and output, which
@@ -16,7 +18,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lab.env"
-RUN=${1:?usage: vm/up.sh RUN_DIR}
+RUN=${1:?usage: vm/up.sh RUN_DIR DEB}; DEB=${2:?usage: vm/up.sh RUN_DIR DEB}
 VM=$AIRUT_LAB/vm
 ROOT=$VM/rootfs
 : "${AIRUT_VM_MEMORY:=3072}" "${AIRUT_VM_CPUS:=2}" "${AIRUT_VM_DISK:=8G}"
@@ -30,14 +32,17 @@ fi
 mkdir -p "$RUN"
 rm -f "$RUN/root.img" "$RUN/console.log" "$RUN/qga.sock" "$RUN/qemu.pid"
 
-"$HERE/../airut-root.sh" "$ROOT" airut-vm
-# Hard links: the copies cost nothing, and pip replaces files rather than rewriting them.
-rm -rf "$ROOT$AIRUT_LAB" "$ROOT/var/cache/airut/claude"
-mkdir -p "$ROOT$AIRUT_LAB" "$ROOT/var/cache/airut"
-cp -al "$AIRUT_LAB/guest-venv" "$ROOT$AIRUT_LAB/guest-venv"
+"$HERE/../stand-ins.sh" "$ROOT" airut-vm
+"$HERE/../mail.sh" "$ROOT"
+# The mail system is the lab's stand-in, not the server's: it starts after boot
+# (tests/vm/vm.py), while the package installs, not on the boot's critical path
+# (Debian 13's postfix takes half a minute to start in the emulated machine).
+systemctl --root="$ROOT" --quiet disable postfix.service dovecot.service 2>/dev/null
+rm -rf "$ROOT/srv/"*.deb "$ROOT/var/cache/airut"
+mkdir -p "$ROOT/srv" "$ROOT/var/cache/airut"
+cp "$DEB" "$ROOT/srv/"
+# A hard link costs nothing; the package's tmpfiles.d gives the directory its owner.
 cp -al "$AIRUT_LAB/claude" "$ROOT/var/cache/airut/claude"
-# Enabled as the package enables them: airut starts with the machine.
-systemctl --root="$ROOT" --quiet enable airut.target airut-demo-model.service 2>/dev/null
 
 truncate -s "$AIRUT_VM_DISK" "$RUN/root.img"
 mkfs.ext4 -q -F -L root -d "$ROOT" "$RUN/root.img"
