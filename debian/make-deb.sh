@@ -15,6 +15,14 @@ case $SUITE in
   *) echo "make-deb.sh: unknown suite $SUITE (bookworm or trixie)" >&2; exit 2;;
 esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+if ! command -v mmdebstrap >/dev/null; then
+  for try in 1 2 3; do
+    apt-get -o DPkg::Lock::Timeout=600 -q update && DEBIAN_FRONTEND=noninteractive \
+      apt-get -o DPkg::Lock::Timeout=600 -q install -y --no-install-recommends mmdebstrap \
+      && break
+    [ $try = 3 ] && exit 1; sleep $((try * 5))
+  done
+fi
 VERSION=$(sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' "$REPO/debian/changelog")
 SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT

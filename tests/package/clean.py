@@ -9,13 +9,16 @@ package, the agent's base image and an npm cache reach the guest (it has no netw
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.system.lab import LAB_DIR, SEED_REPO, Lab, wait_until
+from tests.system.lab import LAB_DIR, SEED_REPO, Lab, bash, say, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -27,6 +30,29 @@ def built_deb(suite: str = "deb12") -> Path:
     if not found:
         raise RuntimeError(f"no dist/airut_*~{suite}_amd64.deb: run `make deb` first")
     return Path(found[-1])
+
+
+@dataclass
+class Upgrade:
+    version: str  # what dpkg says is installed afterwards
+    runner_restarted: bool  # the runner's main process changed: the new code runs
+    reply: dict  # the reply to the task that ran through the upgrade
+    failed_records: int  # records quarantined in failed/ (none may be)
+
+
+def newer_build(deb: Path, tmp: Path) -> Path:
+    """The same package with a higher version: what `apt install` of a newer build does."""
+    tree = tmp / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN/control"
+    text = control.read_text()
+    version = re.search(r"^Version: (.*)$", text, re.M).group(1)
+    control.write_text(text.replace(f"Version: {version}", f"Version: {version}+upgrade1"))
+    out = tmp / deb.name.replace(version, f"{version}+upgrade1")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", str(tree), str(out)],
+                   check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return out
 
 
 class Operator:
@@ -70,6 +96,48 @@ class Operator:
                    .stdout.split() == ["active"] * (len(DAEMONS) + len(extra)), timeout,
                    "every airut unit to be active")
         return time.monotonic() - started
+
+    def security_scores(self) -> dict[str, float]:
+        """`systemd-analyze security` of every airut unit (lower is less exposed)."""
+        scores = {}
+        for unit in HARDENING_LIMITS:
+            out = self.guest("systemd-analyze", "security", "--no-pager", f"{unit}.service",
+                             check=False).stdout
+            scores[unit] = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+        return scores
+
+    def upgrade_during_a_task(self, newer: Path, timeout: float = 120) -> Upgrade:
+        """`apt install` of a newer build (in the machine's /srv) while a task runs."""
+        runner = self.main_pid("airut-runner")
+        marker = self.scenario("upgrade", [bash("sleep 15; echo survived"),
+                                           say("{tool_result} the upgrade")])
+        task = self.submit_no_wait(f"{marker} go", repo="demo")
+        self.wait_for_unit(task, timeout=timeout)
+        self.install(newer, timeout=timeout * 5)
+        version = self.guest("dpkg-query", "-W", "-f", "${Version}", "airut").stdout
+        restarted = self.main_pid("airut-runner") != runner
+        reply = self.wait_reply(task, timeout=timeout)
+        queues = json.loads(self.airut("status", "--json").stdout)["queues"]
+        failed = sum(v for k, v in queues.items() if k.startswith("failed/"))
+        return Upgrade(version, restarted, reply, failed)
+
+    def main_pid(self, unit: str) -> str:
+        return self.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+
+    def daemon_users(self) -> dict[str, str]:
+        """The user each daemon's main process runs as."""
+        return {unit: self.guest("ps", "-o", "user=", "-p", self.main_pid(unit)).stdout.strip()
+                for unit in OWN_USERS}
+
+    def reachable(self) -> list[tuple[str, list[str]]]:
+        """Of what a daemon's user must not reach (FORBIDDEN), what it did reach or failed
+        to reach for another reason than a denied permission: nothing, or the test fails."""
+        wrong = []
+        for user, command in FORBIDDEN:
+            out = self.guest("runuser", "-u", user, "--", *command, check=False)
+            if out.returncode == 0 or "Permission denied" not in out.stderr:
+                wrong.append((user, command))
+        return wrong
 
     def purge_leftovers(self) -> list[str]:
         """`apt-get purge airut`, then what it left behind (nothing, or the test fails
@@ -157,6 +225,24 @@ class CleanGuest(Operator, Lab):
         self.guest("systemctl", "enable", "--now", "airut-demo-model.service")
         return install, self.start()
 
+
+# The highest `systemd-analyze security` exposure each unit may have (doc/security.md
+# reports the scores): a regression fails the test.
+HARDENING_LIMITS = {"airut-runner": 6.0, "airut-housekeeping": 6.0, "airut-proxy": 2.0,
+                    "airut-email@demo": 2.0, "airut-firewall": 2.5, "airut-demo-model": 2.0}
+
+# What a channel's user and the proxy's user must not reach: the runner's secrets,
+# its spool stages and the proxy's policies; the spool, and the mail password.
+FORBIDDEN = [
+    ("airut-email", ["cat", "/etc/airut/credentials/anthropic-api-key"]),
+    ("airut-email", ["touch", "/var/spool/airut/active/forged.json"]),
+    ("airut-email", ["ls", "/run/airut/policies"]),
+    ("airut-proxy", ["ls", "/var/spool/airut/incoming"]),
+    ("airut-proxy", ["ls", "/var/spool/airut/active"]),
+    ("airut-proxy", ["cat", "/etc/airut/credentials/mail-demo"]),
+]
+OWN_USERS = {"airut-runner": "root", "airut-proxy": "airut-proxy",
+             "airut-email@demo": "airut-email"}
 
 # What airut.target starts on a configuration with one repository that has an email block.
 DAEMONS = ("airut-firewall.service", "airut-proxy.service", "airut-runner.service",

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.package.clean import CleanGuest, built_deb
+from tests.package.clean import HARDENING_LIMITS, OWN_USERS, CleanGuest, built_deb, newer_build
 from tests.system.lab import bash, say, wait_until
 from tests.system.mail import answer, signed
 
@@ -157,75 +156,25 @@ def test_logs_show_one_task_from_every_daemon(machine):
 
 
 def test_units_are_hardened(machine):
-    """`systemd-analyze security` of every unit (doc/security.md reports them); a
-    regression fails here."""
-    scores = {}
-    for unit in ("airut-runner", "airut-housekeeping", "airut-proxy", "airut-email@demo",
-                 "airut-firewall", "airut-demo-model"):
-        out = machine.guest("systemd-analyze", "security", "--no-pager", f"{unit}.service",
-                            check=False).stdout
-        scores[unit] = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+    scores = machine.security_scores()
     print("\nsystemd-analyze security: " + ", ".join(f"{u} {s}" for u, s in scores.items()))
-    assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 2.0, scores
-    assert scores["airut-firewall"] <= 2.5 and scores["airut-demo-model"] <= 2.0, scores
-    assert scores["airut-runner"] <= 6.0 and scores["airut-housekeeping"] <= 6.0, scores
+    assert all(scores[unit] <= limit for unit, limit in HARDENING_LIMITS.items()), scores
 
 
 def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(machine):
-    users = {}
-    for unit in ("airut-runner", "airut-proxy", "airut-email@demo"):
-        pid = machine.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
-        users[unit] = machine.guest("ps", "-o", "user=", "-p", pid).stdout.strip()
-    assert users == {"airut-runner": "root", "airut-proxy": "airut-proxy",
-                     "airut-email@demo": "airut-email"}
-    as_email = ["runuser", "-u", "airut-email", "--"]
-    for command in (["cat", "/etc/airut/credentials/anthropic-api-key"],
-                    ["touch", "/var/spool/airut/active/forged.json"],
-                    ["ls", "/run/airut/policies"]):
-        out = machine.guest(*as_email, *command, check=False)
-        assert out.returncode != 0 and "Permission denied" in out.stderr, command
-    for command in (["ls", "/var/spool/airut/incoming"], ["ls", "/var/spool/airut/active"],
-                    ["cat", "/etc/airut/credentials/mail-demo"]):
-        out = machine.guest("runuser", "-u", "airut-proxy", "--", *command, check=False)
-        assert out.returncode != 0 and "Permission denied" in out.stderr, command
+    assert machine.daemon_users() == OWN_USERS
+    assert machine.reachable() == []
 
 
 def test_an_upgrade_while_a_task_runs_loses_nothing(machine, tmp_path: Path):
-    newer = _newer_build(machine.deb, tmp_path)
+    newer = newer_build(machine.deb, tmp_path)
     (machine.run / "srv" / newer.name).write_bytes(newer.read_bytes())
-    runner_before = _main_pid(machine, "airut-runner")
-    marker = machine.scenario("upgrade", [bash("sleep 15; echo survived"),
-                                          say("{tool_result} the upgrade")])
-    task = machine.airut("submit", "--no-wait", "--repo", "demo", f"{marker} go").stdout.strip()
-    wait_until(lambda: any(task in line for line in machine.guest(
-        "systemctl", "list-units", "--plain", "--no-legend", "airut-task-*").stdout.splitlines()),
-        60, "the task unit")
-    machine.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /srv/{newer.name}")
-    version = machine.guest("dpkg-query", "-W", "-f", "${Version}", "airut").stdout
-    assert version.endswith("+upgrade1")
-    assert _main_pid(machine, "airut-runner") != runner_before  # the new code runs
-    reply = json.loads(machine.airut("wait", "--json", "--timeout", "120", task).stdout)
+    upgrade = machine.upgrade_during_a_task(newer)
+    assert upgrade.version.endswith("+upgrade1")
+    assert upgrade.runner_restarted  # the new code runs
+    reply = upgrade.reply
     assert reply["outcome"] == "success" and "survived the upgrade" in reply["text"], reply
-    queues = json.loads(machine.airut("status", "--json").stdout)["queues"]
-    assert sum(v for k, v in queues.items() if k.startswith("failed/")) == 0, queues
-
-
-def _main_pid(machine, unit: str) -> str:
-    return machine.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
-
-
-def _newer_build(deb: Path, tmp: Path) -> Path:
-    """The same package with a higher version: what `apt install` of a newer build does."""
-    tree = tmp / "tree"
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
-    control = tree / "DEBIAN/control"
-    text = control.read_text()
-    version = re.search(r"^Version: (.*)$", text, re.M).group(1)
-    control.write_text(text.replace(f"Version: {version}", f"Version: {version}+upgrade1"))
-    out = tmp / deb.name.replace(version, f"{version}+upgrade1")
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "-b", str(tree), str(out)],
-                   check=True, capture_output=True)
-    return out
+    assert upgrade.failed_records == 0
 
 
 def test_purge_leaves_nothing_behind(machine):

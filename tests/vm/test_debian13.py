@@ -1,7 +1,8 @@
 """airut's Debian 13 package on a clean Debian 13 server booted on cgroup v2, the way
-Debian boots: install, configure, check and start it as an operator does, a mail round
-trip, task limits as the kernel and systemd enforce them, the units' hardening as
-systemd 257 scores it, and purge. A real VM (qemu without KVM), the real runner.
+Debian boots: install, configure, check and start it as an operator does, each daemon
+as its own user, a mail round trip and that task's log, task limits as the kernel and
+systemd enforce them, the units' hardening as systemd 257 scores it, and purge. A real
+VM (qemu without KVM), the real runner.
 
 Each task goes through the real channel or `airut submit`, the runner's transient
 unit, podman (`--cgroups=split`, crun), the network sandbox (proxy and firewall) and
@@ -25,10 +26,10 @@ import time
 import pytest
 import yaml
 
-from tests.package.clean import DAEMONS
+from tests.package.clean import DAEMONS, HARDENING_LIMITS, OWN_USERS
 from tests.system.lab import base_config, bash, say, wait_until
 from tests.system.mail import answer, signed
-from tests.vm.vm import IMAGE_MARK, MAIL_SYSTEM
+from tests.vm.vm import IMAGE_MARK
 
 TASK_TIMEOUT = 600  # seconds for one task in the emulated machine
 API_KEY = "sk-ant-api03-debian-13-package-key-0123456789abcdef"
@@ -109,7 +110,6 @@ def test_configure_check_and_start(vm):
     vm.configure(config(), CREDENTIALS)
     vm.guest("mkdir", "-p", "/etc/airut/demo-scenarios")  # the demo model's scripted answers
     vm.allow_loopback_upstreams()
-    vm.guest("systemctl", "start", *MAIL_SYSTEM, timeout=300)  # the lab's mail server
     check = vm.airut("check", check=False)
     assert check.returncode == 0, check.stdout
     for name in ("secret anthropic-api-key", "secret mail-demo", "podman", "cgroups",
@@ -124,6 +124,11 @@ def test_configure_check_and_start(vm):
     assert vm.guest("ls", "/run/credentials/airut-email@demo.service").stdout.split() \
         == ["mail-demo"]
     assert vm.guest("systemctl", "is-active", *DAEMONS).stdout.split() == ["active"] * len(DAEMONS)
+
+
+def test_each_daemon_runs_as_its_own_user_and_reaches_only_its_own(vm):
+    assert vm.daemon_users() == OWN_USERS
+    assert vm.reachable() == []
 
 
 def started(vm, name: str, turns: list, text: str, repo: str = "demo") -> tuple[str, str, str]:
@@ -160,7 +165,8 @@ def test_a_signed_mail_runs_a_task_in_its_unit_cgroup_and_gets_a_threaded_reply(
     # The repository's Dockerfile: the first task built its image in a build unit,
     # whose exit helper (ExecStopPost) had to run for any task to start.
     marker = vm.scenario("write-file", [
-        bash("sleep 10; echo made-by-agent > created.txt; cat /etc/image-mark"),
+        bash("sleep 10; echo made-by-agent > created.txt; "
+             "curl -s -o /dev/null https://other.test/vm-probe; cat /etc/image-mark"),
         say("I created created.txt in an image {tool_result}")])
     raw, message_id = signed(dkim_key, "alice@corp.test", "First task", f"{marker} leave a file")
     vm.send_mail(raw, "alice@corp.test")
@@ -196,6 +202,14 @@ def test_a_signed_mail_runs_a_task_in_its_unit_cgroup_and_gets_a_threaded_reply(
     assert "task finished: success (success)" in journal
     keys = {r["headers"].get("x-api-key") for r in vm.model_requests()}
     assert keys == {API_KEY}  # unsealed by the runner from its credential, swapped by the proxy
+    # One task's log from every daemon, and nothing of the task before it (the OOM).
+    logs = vm.airut("logs", task["task"]).stdout
+    for source in ("airut-email@demo", "airut-runner", "airut-proxy", "podman"):
+        assert re.search(rf" {re.escape(source)}\[\d+\]: ", logs), (source, logs)
+    assert f"systemd[1]: Started {unit}" in logs
+    assert "BLOCKED GET other.test /vm-probe" in logs
+    others = [t["task"] for t in json.loads(vm.airut("tasks", "--json").stdout)]
+    assert len(others) == 2 and not any(t in logs for t in others if t != task["task"])
 
 
 @pytest.fixture(scope="module")
@@ -238,19 +252,11 @@ def test_stop_ends_a_running_task(vm, busy_task):
 
 
 def test_units_are_hardened(vm):
-    """`systemd-analyze security` as Debian 13's systemd scores the units (doc/security.md
-    reports both releases)."""
-    scores = {}
-    for unit in ("airut-runner", "airut-housekeeping", "airut-proxy", "airut-email@demo",
-                 "airut-firewall", "airut-demo-model"):
-        out = vm.guest("systemd-analyze", "security", "--no-pager", f"{unit}.service",
-                       check=False).stdout
-        scores[unit] = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out)[1])
+    """As Debian 13's systemd scores them (doc/security.md reports both releases)."""
+    scores = vm.security_scores()
     print("\nsystemd-analyze security (Debian 13): "
           + ", ".join(f"{u} {s}" for u, s in scores.items()))
-    assert scores["airut-email@demo"] <= 2.0 and scores["airut-proxy"] <= 2.0, scores
-    assert scores["airut-firewall"] <= 2.5 and scores["airut-demo-model"] <= 2.0, scores
-    assert scores["airut-runner"] <= 6.0 and scores["airut-housekeeping"] <= 6.0, scores
+    assert all(scores[unit] <= limit for unit, limit in HARDENING_LIMITS.items()), scores
 
 
 def test_purge_leaves_nothing_behind(vm):

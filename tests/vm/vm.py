@@ -76,7 +76,6 @@ class Vm(Operator, Lab):
                             "--no-legend").stdout
         if state != "running":
             raise RuntimeError(f"the VM booted {state}; failed units:\n{failed}")
-        self.guest("systemctl", "start", "--no-block", *MAIL_SYSTEM)
 
     def down(self) -> None:
         self.agent.close()
@@ -124,7 +123,6 @@ class Vm(Operator, Lab):
 
 
 IMAGE_MARK = "built-from-the-repository"
-MAIL_SYSTEM = ("postfix.service", "dovecot.service")  # started after boot (vm/up.sh)
 
 
 def seed_repository(bare: Path) -> None:

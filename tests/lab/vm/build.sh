@@ -62,7 +62,9 @@ cat > "$ROOT/etc/systemd/system/lab-swap.service" <<'UNIT'
 [Unit]
 Description=lab: 512 MiB of swap, as most servers have
 DefaultDependencies=no
-After=local-fs.target
+# Not after local-fs.target: Debian 13's /tmp is a tmpfs mounted after swap.target,
+# which would make a cycle that systemd breaks by dropping a job, sometimes this one.
+After=systemd-remount-fs.service
 Before=swap.target
 
 [Service]

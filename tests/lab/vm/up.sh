@@ -1,6 +1,6 @@
 #!/bin/bash
-# vm/up.sh RUN_DIR DEB : boot the cgroup v2 VM (qemu without KVM), a clean Debian 13
-# server with the package DEB waiting in /srv, and print qemu's PID. The caller waits
+# vm/up.sh RUN_DIR DEB... : boot the cgroup v2 VM (qemu without KVM), a clean Debian 13
+# server with the packages DEB... waiting in /srv, and print qemu's PID. The caller waits
 # for the guest agent and installs the package as an operator would (tests/vm).
 #
 # The machine's disk is made fresh for every run from the cached root filesystem
@@ -18,7 +18,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/../lab.env"
-RUN=${1:?usage: vm/up.sh RUN_DIR DEB}; DEB=${2:?usage: vm/up.sh RUN_DIR DEB}
+RUN=${1:?usage: vm/up.sh RUN_DIR DEB...}; shift; [ $# -gt 0 ] || { echo "usage: vm/up.sh RUN_DIR DEB..." >&2; exit 2; }
 VM=$AIRUT_LAB/vm
 ROOT=$VM/rootfs
 : "${AIRUT_VM_MEMORY:=3072}" "${AIRUT_VM_CPUS:=2}" "${AIRUT_VM_DISK:=8G}"
@@ -34,13 +34,9 @@ rm -f "$RUN/root.img" "$RUN/console.log" "$RUN/qga.sock" "$RUN/qemu.pid"
 
 "$HERE/../stand-ins.sh" "$ROOT" airut-vm
 "$HERE/../mail.sh" "$ROOT"
-# The mail system is the lab's stand-in, not the server's: it starts after boot
-# (tests/vm/vm.py), while the package installs, not on the boot's critical path
-# (Debian 13's postfix takes half a minute to start in the emulated machine).
-systemctl --root="$ROOT" --quiet disable postfix.service dovecot.service 2>/dev/null
 rm -rf "$ROOT/srv/"*.deb "$ROOT/var/cache/airut"
 mkdir -p "$ROOT/srv" "$ROOT/var/cache/airut"
-cp "$DEB" "$ROOT/srv/"
+cp "$@" "$ROOT/srv/"
 # A hard link costs nothing; the package's tmpfiles.d gives the directory its owner.
 cp -al "$AIRUT_LAB/claude" "$ROOT/var/cache/airut/claude"
 
