@@ -34,6 +34,7 @@ rm -f "$RUN/root.img" "$RUN/console.log" "$RUN/qga.sock" "$RUN/qemu.pid"
 
 "$HERE/../stand-ins.sh" "$ROOT" airut-vm
 "$HERE/../mail.sh" "$ROOT"
+systemctl --root="$ROOT" --quiet enable postfix.service dovecot.service 2>/dev/null
 rm -rf "$ROOT/srv/"*.deb "$ROOT/var/cache/airut"
 mkdir -p "$ROOT/srv" "$ROOT/var/cache/airut"
 cp "$@" "$ROOT/srv/"
