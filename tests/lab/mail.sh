@@ -36,9 +36,11 @@ grep -q '^127.0.0.1:587 ' "$ROOT/etc/postfix/master.cf" || cat >> "$ROOT/etc/pos
   -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
 CF
 # Dovecot 2.4 (Debian 13) changed its configuration language; 2.3 is Debian 12's.
+# The services read the same in both but for a listener's address key.
 DOVECOT=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Version}' dovecot-core)
 if dpkg --compare-versions "$DOVECOT" ge 1:2.4; then
-cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
+  LISTEN=listen
+  cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
 dovecot_config_version = 2.4.0
 dovecot_storage_version = 2.4.0
 protocols = imap lmtp
@@ -62,31 +64,10 @@ userdb static {
     gid = mail
   }
 }
-service imap-login {
-  inet_listener imap {
-    listen = 127.0.0.1
-    port = 143
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-service auth {
-  unix_listener /var/spool/postfix/private/auth {
-    mode = 0660
-    user = postfix
-    group = postfix
-  }
-}
-service lmtp {
-  inet_listener lmtp {
-    listen = 127.0.0.1
-    port = 24
-  }
-}
 CF
 else
-cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
+  LISTEN=address
+  cat > "$ROOT/etc/dovecot/dovecot.conf" <<'CF'
 protocols = imap lmtp
 listen = 127.0.0.1
 ssl = yes
@@ -104,9 +85,12 @@ userdb {
   driver = static
   args = uid=mail gid=mail home=/var/mail/%d/%n
 }
+CF
+fi
+cat >> "$ROOT/etc/dovecot/dovecot.conf" <<CF
 service imap-login {
   inet_listener imap {
-    address = 127.0.0.1
+    $LISTEN = 127.0.0.1
     port = 143
   }
   inet_listener imaps {
@@ -122,12 +106,11 @@ service auth {
 }
 service lmtp {
   inet_listener lmtp {
-    address = 127.0.0.1
+    $LISTEN = 127.0.0.1
     port = 24
   }
 }
 CF
-fi
 cat > "$ROOT/etc/dovecot/lab-users" <<'USERS'
 airut@corp.test:{PLAIN}airut-pass
 alice@corp.test:{PLAIN}alice-pass

@@ -75,6 +75,19 @@ class Operator:
                 timeout=timeout)
         return time.monotonic() - started
 
+    def installed_state(self) -> dict:
+        """What `apt install` left before any configuration, to compare with INSTALLED:
+        airut's accounts, the modes of the directories that keep its secrets and its
+        spool apart, which units are enabled, and whether the runner runs."""
+        enabled = self.guest("systemctl", "is-enabled", "airut.target",
+                             "airut-demo-model.service", check=False).stdout.split()
+        runner = self.guest("systemctl", "is-active", "airut-runner", check=False).stdout
+        paths = " ".join(line.split()[0] for line in INSTALLED["modes"])
+        return {"accounts": [f"{db} {name}" for db, name in ACCOUNTS
+                             if self.guest("getent", db, name, check=False).returncode == 0],
+                "modes": self.sh(f"stat -c '%n %a %U:%G' {paths}").stdout.splitlines(),
+                "enabled": enabled, "runner": runner.strip()}
+
     def configure(self, config: str, credentials: dict[str, str]) -> None:
         """airut.yaml and its credentials (root-only files)."""
         self.put_file("/etc/airut/airut.yaml", config)
@@ -148,8 +161,7 @@ class Operator:
                            "airut*").stdout.splitlines()
         left += self.guest("systemctl", "list-unit-files", "--plain", "--no-legend", "airut*",
                            check=False).stdout.splitlines()  # exits 1 when none matches
-        for db, name in (("passwd", "airut-proxy"), ("passwd", "airut-email"),
-                         ("group", "airut"), ("group", "airut-ingest")):
+        for db, name in ACCOUNTS:
             if self.guest("getent", db, name, check=False).returncode != 2:
                 left.append(f"{db} entry {name}")
         left += self.sh("ls -d /etc/airut /var/lib/airut /var/lib/airut-proxy /var/spool/airut "
@@ -225,6 +237,23 @@ class CleanGuest(Operator, Lab):
         self.guest("systemctl", "enable", "--now", "airut-demo-model.service")
         return install, self.start()
 
+
+# The users and groups the package makes (sysusers.d), as getent databases name them.
+ACCOUNTS = [("passwd", "airut-proxy"), ("passwd", "airut-email"), ("group", "airut"),
+            ("group", "airut-ingest")]
+# What `apt install` leaves before any configuration (Operator.installed_state): the
+# credentials root's own, the channels' incoming/ shared, the runner's active/ its
+# own, the conversations airut's; airut.target enabled but not the demo model, and
+# nothing started.
+INSTALLED = {
+    "accounts": [f"{db} {name}" for db, name in ACCOUNTS],
+    "modes": ["/etc/airut/credentials 700 root:root",
+              "/var/spool/airut/incoming 770 root:airut-ingest",
+              "/var/spool/airut/active 750 root:root",
+              "/var/lib/airut/conversations 750 root:airut"],
+    "enabled": ["enabled", "disabled"],
+    "runner": "inactive",
+}
 
 # The highest `systemd-analyze security` exposure each unit may have (doc/security.md
 # reports the scores): a regression fails the test.

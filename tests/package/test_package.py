@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.package.clean import HARDENING_LIMITS, OWN_USERS, CleanGuest, built_deb, newer_build
+from tests.package.clean import (
+    HARDENING_LIMITS,
+    INSTALLED,
+    OWN_USERS,
+    CleanGuest,
+    built_deb,
+    newer_build,
+)
 from tests.system.lab import bash, say, wait_until
 from tests.system.mail import answer, signed
 
@@ -60,20 +67,7 @@ def machine():
 def test_install_makes_users_directories_and_enabled_units(machine):
     assert machine.guest("sh", "-c", "command -v airut", check=False).returncode != 0
     print(f"\napt install of {machine.deb.name}: {machine.install():.1f} s")
-    for user in ("airut-proxy", "airut-email"):
-        assert machine.guest("getent", "passwd", user).returncode == 0
-    for group in ("airut", "airut-ingest"):
-        assert machine.guest("getent", "group", group).returncode == 0
-    modes = machine.sh("stat -c '%n %a %U:%G' /etc/airut/credentials /var/spool/airut/incoming "
-                       "/var/lib/airut/conversations").stdout
-    assert "/etc/airut/credentials 700 root:root" in modes
-    assert "/var/spool/airut/incoming 770 root:airut-ingest" in modes
-    assert "/var/lib/airut/conversations 750 root:airut" in modes
-    enabled = machine.guest("systemctl", "is-enabled", "airut.target", "airut-demo-model.service",
-                            check=False).stdout.split()
-    assert enabled == ["enabled", "disabled"]  # the demo model stays off on a real install
-    assert machine.guest("systemctl", "is-active", "airut-runner", check=False) \
-        .stdout.strip() == "inactive"  # nothing starts before it is configured
+    assert machine.installed_state() == INSTALLED
 
 
 def test_configure_setup_claude_and_check(machine):
