@@ -223,7 +223,10 @@ def test_cpu_quota_holds_a_busy_task(vm, busy_task):
     # Two loops on two processors would use two seconds a second; the quota allows one.
     assert used <= wall * 1.05, (used, wall)
     assert used >= wall * 0.5, (used, wall)  # they do run, at the quota
-    assert periods > 0 and throttled >= 0.8 * periods, (throttled, periods)
+    # Without a quota nr_throttled stays 0. Under emulation the guest's two processors are
+    # host threads that do not always both run, so not every period reaches the quota
+    # (78% were throttled in one CI run, 95% usually): a majority is the claim.
+    assert periods > 0 and throttled >= 0.5 * periods, (throttled, periods)
 
 
 def test_stop_ends_a_running_task(vm, busy_task):
