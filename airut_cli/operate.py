@@ -14,11 +14,12 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from airut_cli.terminal import printable
-from airut_core import conversation, paths, spool
+from airut_core import paths
+from airut_core import tasks as tasks_mod
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
 DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
@@ -80,7 +81,7 @@ def status(cfg: Config) -> Status:
     for u in units("airut-task-*.service", "airut-build-*.service"):
         running.append({"unit": u["Id"], "task": _task_of(u["Id"]), "state": u["ActiveState"],
                         "age_s": _age(u), "memory": _memory(u)})
-    return Status(daemons, queue_depths(Path(cfg.paths.spool)), running)
+    return Status(daemons, tasks_mod.queue_depths(cfg.paths.spool), running)
 
 
 def _task_of(unit: str) -> str:
@@ -90,28 +91,6 @@ def _task_of(unit: str) -> str:
     if name.startswith("airut-task-"):
         return name.removeprefix("airut-task-").partition("-")[2]
     return "-"
-
-
-def queue_depths(root: Path) -> dict[str, int]:
-    """Records per stage; per channel for outgoing/, deferred/ and failed/."""
-    depths = {}
-    for stage in ("incoming", "active", "finished", "builds", "control"):
-        depths[stage] = _count(root / stage)
-    for parent in ("outgoing", "deferred", "failed"):
-        try:
-            children = sorted(p for p in (root / parent).iterdir() if p.is_dir())
-        except OSError:
-            continue
-        for child in children:
-            depths[f"{parent}/{child.name}"] = _count(child)
-    return depths
-
-
-def _count(stage: Path) -> int:
-    try:
-        return sum(1 for p in stage.iterdir() if p.name.endswith(spool.SUFFIX))
-    except OSError:
-        return 0
 
 
 def print_status(s: Status) -> None:
@@ -138,59 +117,11 @@ def print_status(s: Status) -> None:
 # -- tasks ---------------------------------------------------------------------------
 
 
-@dataclass
-class TaskLine:
-    task: str
-    conversation: str | None
-    repo: str
-    sender: str
-    outcome: str  # success, error, ... or queued / running
-    time: str
-    duration_s: float | None = None
-    cost_usd: float | None = None
-    unit: str | None = None
+TaskLine = tasks_mod.TaskLine
 
 
 def tasks(cfg: Config, repo: str | None = None, since: timedelta | None = None) -> list[TaskLine]:
-    """Finished tasks from the conversations, waiting and running ones from the spool;
-    newest first."""
-    found: list[TaskLine] = []
-    root = Path(cfg.paths.state) / "conversations"
-    try:
-        ids = sorted(p.name for p in root.iterdir() if paths.CONVERSATION_ID.match(p.name))
-    except OSError:
-        ids = []
-    for cid in ids:
-        try:
-            conv = conversation.load(cfg.paths.state, cid)
-        except (conversation.ConversationError, OSError):
-            continue
-        if conv is None or (repo and conv.repo != repo):
-            continue
-        for r in conv.replies:
-            found.append(TaskLine(r.task_id, cid, conv.repo, r.sender or "-", r.outcome, r.time,
-                                  r.duration_ms / 1000 if r.duration_ms else None, r.cost_usd,
-                                  r.unit))
-    sp = paths.Spool(cfg.paths.spool)
-    for stage, outcome in ((sp.incoming, "queued"), (sp.active, "running")):
-        for name in stage.names():
-            try:
-                record = stage.read(name)
-            except Exception:
-                continue
-            if not isinstance(record, dict) or (repo and record.get("repo") != repo):
-                continue
-            found.append(TaskLine(str(name), _str(record.get("conversation_id")),
-                                  str(record.get("repo")), str(record.get("sender", "-")),
-                                  outcome, str(record.get("created", ""))))
-    if since is not None:
-        cutoff = (datetime.now(UTC) - since).isoformat()
-        found = [t for t in found if t.time >= cutoff or t.outcome in ("queued", "running")]
-    return sorted(found, key=lambda t: t.time, reverse=True)
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return tasks_mod.tasks(cfg.paths.state, cfg.paths.spool, repo, since)
 
 
 def print_tasks(lines: list[TaskLine]) -> None:

@@ -41,6 +41,13 @@ class ReplySummary:
     cost_usd: float | None = None
     turns: int | None = None
     usage: dict[str, int | float] = field(default_factory=dict)
+    # Where the run's output is in events.jsonl, when it started, under which limits
+    # and image: what the dashboard shows of a finished task.
+    started: str | None = None
+    events_offset: int | None = None
+    events_end: int | None = None
+    limits: dict[str, int | float] = field(default_factory=dict)
+    image: str | None = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -43,6 +44,9 @@ HINT = (f"This request is not on the repository's network allowlist. The allowli
         "once it is reviewed and merged there.")
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _stamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -58,8 +62,11 @@ class NetworkLog:
         self._lock = threading.Lock()  # the DNS responder writes from its own threads
 
     def write(self, policy: PolicyRecord | None, verdict: str, detail: str) -> None:
-        line = f"{_stamp()} {verdict} {detail}"
+        # The detail is the agent's bytes (a path, a host): a control character in it
+        # must not start a line of its own, which the dashboard would read as a decision.
+        detail = CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", detail)
         if policy is not None:
+            line = f"{_stamp()} {policy.task_id} {verdict} {detail}"
             try:
                 self._append(policy.network_log, line, policy.network_log_max_bytes)
             except OSError as e:

@@ -48,6 +48,7 @@ from airut_runner import (
     giveup,
     housekeeping,
     images,
+    metrics,
     prepare,
     start,
     units,
@@ -79,6 +80,7 @@ class Runner:
             logger.error("cannot make the task containers' seccomp profile from podman's "
                          "default (%s): %s", container.PODMAN_SECCOMP, e)
         self.disk = disk.Watch(self.ctx)
+        self.samples = metrics.Sampler(self.ctx)
         self.incoming = claim.Waiting()
         self.stopping = False
         self.reload_requested = False
@@ -115,6 +117,7 @@ class Runner:
                 self.disk.tick()
             except Exception:
                 logger.exception("disk watch pass failed")
+            self.samples.tick()
             status = self.describe()
             notifier.notify(f"WATCHDOG=1\nSTATUS={status}" if status != self.status
                             else "WATCHDOG=1")

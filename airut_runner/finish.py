@@ -108,7 +108,7 @@ def complete(ctx: Context, name: str) -> None:
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
     release(ctx, name, cdir)
     if conv:
-        record_reply(ctx, conv, name, ending.result, ending.summary, task, unit_of(state))
+        record_reply(ctx, conv, name, ending.result, ending.summary, task, state, cdir)
     merged = merged_of(record)
     files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
     reply = ReplyRecord(
@@ -133,17 +133,38 @@ def unit_of(state: dict) -> str | None:
 
 
 def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
-                 summary: stream.RunSummary, task: TaskRecord, unit: str | None) -> None:
+                 summary: stream.RunSummary, task: TaskRecord, state: dict,
+                 cdir: Path | None) -> None:
     conv.session_id = summary.session_id or conv.session_id
     if result == "success":
         conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
     if not conv.replied_to(name):
         usage = summary.usage()
+        offset = _count(state.get("events_offset"))
+        limits = state.get("limits") if isinstance(state.get("limits"), dict) else {}
         conv.replies.append(ReplySummary(
             task_id=name, outcome=result, sender=task.sender[:200], channel=task.channel,
-            unit=unit, duration_ms=usage.get("duration_ms"),
-            cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage))
+            unit=unit_of(state), duration_ms=usage.get("duration_ms"),
+            cost_usd=usage.get("cost_usd"), turns=usage.get("turns"), usage=usage,
+            started=state.get("started") if isinstance(state.get("started"), str) else None,
+            events_offset=offset, events_end=_events_size(cdir) if offset is not None else None,
+            limits={k: v for k, v in limits.items() if isinstance(k, str)
+                    and isinstance(v, int | float) and not isinstance(v, bool)},
+            image=state.get("image") if isinstance(state.get("image"), str) else None))
     conversation.save(ctx.state_dir, conv)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
+def _events_size(cdir: Path | None) -> int | None:
+    """Where this run's output ends: the unit is gone, nothing appends any more."""
+    try:
+        return (cdir / "events.jsonl").stat().st_size if cdir else None
+    except OSError:
+        return None
 
 
 def retry_fresh(ctx: Context, name: str, conv: Conversation, reason: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 
 from airut_core import paths
 from airut_core.spool import utc_now
@@ -51,7 +52,8 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     ctx.note(name, {"unit": unit, "events_offset": events.stat().st_size, "image": image.tag,
                     "started": utc_now(), "stop_requested": False,
                     "resumed": bool(conv.session_id), "sandbox": policy is not None,
-                    "disk_start": prepared.disk_start}, drop=("disk_exceeded",))
+                    "disk_start": prepared.disk_start,
+                    "limits": asdict(repo.resource_limits)}, drop=("disk_exceeded",))
     if policy:
         ctx.sandbox.write_policy(policy)
     else:

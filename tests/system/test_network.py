@@ -227,7 +227,7 @@ def test_blocks_are_explained_and_logged(probe):
         assert expected in log, f"{expected!r} not in network.log:\n{log}"
     assert re.search(r"BLOCKED GET paths\.test /open/%2e%2e/closed -> 403 \(bad_path", log)
     assert "(connect)" in log and "(target: the TLS server name (allowed.test)" in log
-    assert re.search(r"^\S+Z (ALLOWED|BLOCKED|STRIPPED) ", log, re.M)
+    assert re.search(r"^\S+Z [0-9A-Za-z-]+ (ALLOWED|BLOCKED|STRIPPED) ", log, re.M)
 
 
 def test_blocked_requests_reach_the_journal_with_the_task(lab, probe):

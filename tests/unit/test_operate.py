@@ -14,6 +14,7 @@ from airut_core import conversation
 from airut_core.conversation import Conversation, ReplySummary
 from airut_core.paths import Spool
 from airut_core.records import TaskRecord
+from airut_core.tasks import queue_depths
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +65,7 @@ def test_tasks_come_from_conversations_and_the_spool_newest_first(cfg):
     assert [t.repo for t in operate.tasks(cfg, repo="demo")] == ["demo", "demo"]
     # Finished long ago: out of --since; waiting work is always shown.
     assert [t.outcome for t in operate.tasks(cfg, since=timedelta(hours=1))] == ["queued"]
-    depths = operate.queue_depths(Path(cfg.paths.spool))
+    depths = queue_depths(Path(cfg.paths.spool))
     assert depths["incoming"] == 1 and depths["active"] == 0
 
 
