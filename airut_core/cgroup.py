@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
+TASK_SLICE = "airut-tasks.slice"  # every task unit's slice
 SAMPLES_DIR = "metrics"
 SAMPLES_MAX_BYTES = 1 << 20  # per task: ~15,000 samples; past it the runner stops adding
 NO_LIMIT = 1 << 62  # v1 writes 9223372036854771712 for "no limit"

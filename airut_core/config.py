@@ -161,6 +161,15 @@ class ExecutionConfig:
 
 
 @dataclass
+class DashboardConfig:
+    # Loopback by default: the dashboard has no login of its own (doc/dashboard.md puts
+    # it behind a reverse proxy that authenticates).
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(min=1, max=65535)] = 5200
+    threads: Annotated[int, Range(min=2, max=256)] = 8  # requests served at once
+
+
+@dataclass
 class PathsConfig:
     spool: str = str(paths.DEFAULT_SPOOL)
     state: str = str(paths.DEFAULT_STATE)
@@ -172,6 +181,7 @@ class Config:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     repos: dict[Annotated[str, schema.Match(paths.REPO_ID, "repository id")],
                 RepoConfig] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})  # the file read

@@ -20,6 +20,7 @@ from airut_core.spool import dump, utc_now, write_atomic
 
 FILE = "conversation.json"
 LAST_REPLY_CHARS = 3000
+TEXT_KEPT = 20_000  # of a task's request and reply, for the dashboard
 # What Claude Code prints as a session id (a UUID today); it becomes a command-line
 # argument of the next task, so nothing else is accepted.
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -48,6 +49,10 @@ class ReplySummary:
     events_end: int | None = None
     limits: dict[str, int | float] = field(default_factory=dict)
     image: str | None = None
+    image_created: float | None = None  # seconds since the epoch
+    # What was asked and what was answered, cut to TEXT_KEPT characters each.
+    request: str = ""
+    reply: str = ""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from airut_core import conversation, paths
 from airut_core.config import ResourceLimits
-from airut_core.conversation import LAST_REPLY_CHARS, Conversation, ReplySummary
+from airut_core.conversation import LAST_REPLY_CHARS, TEXT_KEPT, Conversation, ReplySummary
 from airut_core.records import ReplyRecord, TaskRecord
 from airut_runner import outbox, outcome, stream
 from airut_runner.context import Context, merged_of, resource, state_of
@@ -108,7 +108,7 @@ def complete(ctx: Context, name: str) -> None:
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id) if conv else None
     release(ctx, name, cdir)
     if conv:
-        record_reply(ctx, conv, name, ending.result, ending.summary, task, state, cdir)
+        record_reply(ctx, conv, name, ending, task, state, cdir)
     merged = merged_of(record)
     files = ctx.spool.outgoing(task.channel).path / f"{name}.files"
     reply = ReplyRecord(
@@ -132,9 +132,9 @@ def unit_of(state: dict) -> str | None:
     return state.get("unit") if isinstance(state.get("unit"), str) else None
 
 
-def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
-                 summary: stream.RunSummary, task: TaskRecord, state: dict,
-                 cdir: Path | None) -> None:
+def record_reply(ctx: Context, conv: Conversation, name: str, ending: Ending,
+                 task: TaskRecord, state: dict, cdir: Path | None) -> None:
+    result, summary = ending.result, ending.summary
     conv.session_id = summary.session_id or conv.session_id
     if result == "success":
         conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
@@ -150,7 +150,10 @@ def record_reply(ctx: Context, conv: Conversation, name: str, result: str,
             events_offset=offset, events_end=_events_size(cdir) if offset is not None else None,
             limits={k: v for k, v in limits.items() if isinstance(k, str)
                     and isinstance(v, int | float) and not isinstance(v, bool)},
-            image=state.get("image") if isinstance(state.get("image"), str) else None))
+            image=state.get("image") if isinstance(state.get("image"), str) else None,
+            image_created=created if isinstance(created := state.get("image_created"),
+                                                float | int) else None,
+            request=task.text[:TEXT_KEPT], reply=ending.text[:TEXT_KEPT]))
     conversation.save(ctx.state_dir, conv)
 
 

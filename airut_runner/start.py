@@ -53,7 +53,8 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
                     "started": utc_now(), "stop_requested": False,
                     "resumed": bool(conv.session_id), "sandbox": policy is not None,
                     "disk_start": prepared.disk_start,
-                    "limits": asdict(repo.resource_limits)}, drop=("disk_exceeded",))
+                    "limits": asdict(repo.resource_limits),
+                    "image_created": ctx.image_created.get(image.tag)}, drop=("disk_exceeded",))
     if policy:
         ctx.sandbox.write_policy(policy)
     else:

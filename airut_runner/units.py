@@ -16,10 +16,11 @@ from pystemd.dbuslib import DBus
 from pystemd.systemd1 import Manager
 from pystemd.systemd1 import unit_signatures as _sig
 
+from airut_core import cgroup
 from airut_core.config import ResourceLimits
 
 UNIT_PREFIX = "airut-task-"
-SLICE = "airut-tasks.slice"
+SLICE = cgroup.TASK_SLICE
 
 # Transient properties systemd 252 accepts that pystemd 0.15 has no signature for.
 _sig.KNOWN_UNIT_SIGNATURES.setdefault(b"LogExtraFields", b"aay")
