@@ -23,8 +23,8 @@ from airut_core import tasks as tasks_mod
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
 DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
-           "airut-runner.service", "airut-email@*.service", "airut-demo-model.service",
-           "airut-housekeeping.timer")
+           "airut-runner.service", "airut-email@*.service", "airut-web.service",
+           "airut-demo-model.service", "airut-housekeeping.timer")
 UNIT_FIELDS = ("Id", "ActiveState", "SubState", "Result", "NRestarts", "StatusText",
                "MemoryCurrent", "ActiveEnterTimestampMonotonic", "LoadState")
 NPM_PACKAGE = "@anthropic-ai/claude-code"

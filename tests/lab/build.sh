@@ -1,6 +1,7 @@
 #!/bin/bash
 # build.sh: everything the test lab needs, built once and cached in $AIRUT_LAB.
-#   - host packages (podman, systemd-nspawn, mmdebstrap, build deps for pystemd)
+#   - host packages (podman, systemd-nspawn, mmdebstrap, build deps for pystemd, and
+#     Chromium with its WebDriver for the dashboard's tests)
 #   - the guest root filesystem (systemd + podman + git), made by mmdebstrap
 #   - the container base image tarball (Debian minbase + git), made by mmdebstrap
 #   - virtualenvs on Debian's /usr/bin/python3 with airut's dependencies (host tests, guest)
@@ -15,7 +16,7 @@ mkdir -p "$AIRUT_LAB"
 APT="apt-get -o DPkg::Lock::Timeout=600 -q"
 HOST_PKGS="systemd-container mmdebstrap podman runc netavark aardvark-dns iptables uidmap
   catatonit libsystemd-dev pkg-config gcc python3-dev python3-venv git ca-certificates
-  nftables iproute2 procps npm openssl"
+  nftables iproute2 procps npm openssl chromium chromium-driver"
 missing=$(for p in $HOST_PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"; done)
 # npm may come with another Node.js installation; do not fight it.
 command -v npm >/dev/null && missing=$(echo "$missing" | grep -vx npm || true)

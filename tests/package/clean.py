@@ -239,8 +239,8 @@ class CleanGuest(Operator, Lab):
 
 
 # The users and groups the package makes (sysusers.d), as getent databases name them.
-ACCOUNTS = [("passwd", "airut-proxy"), ("passwd", "airut-email"), ("group", "airut"),
-            ("group", "airut-ingest")]
+ACCOUNTS = [("passwd", "airut-proxy"), ("passwd", "airut-email"), ("passwd", "airut-web"),
+            ("group", "airut"), ("group", "airut-ingest")]
 # What `apt install` leaves before any configuration (Operator.installed_state): the
 # credentials root's own, the channels' incoming/ shared, the runner's active/ its
 # own, the conversations airut's; airut.target enabled but not the demo model, and
@@ -258,7 +258,8 @@ INSTALLED = {
 # The highest `systemd-analyze security` exposure each unit may have (doc/security.md
 # reports the scores): a regression fails the test.
 HARDENING_LIMITS = {"airut-runner": 6.0, "airut-housekeeping": 6.0, "airut-proxy": 2.0,
-                    "airut-email@demo": 2.0, "airut-firewall": 2.5, "airut-demo-model": 2.0}
+                    "airut-email@demo": 2.0, "airut-firewall": 2.5, "airut-demo-model": 2.0,
+                    "airut-web": 2.0}
 
 # What a channel's user and the proxy's user must not reach: the runner's secrets,
 # its spool stages and the proxy's policies; the spool, and the mail password.
@@ -269,10 +270,16 @@ FORBIDDEN = [
     ("airut-proxy", ["ls", "/var/spool/airut/incoming"]),
     ("airut-proxy", ["ls", "/var/spool/airut/active"]),
     ("airut-proxy", ["cat", "/etc/airut/credentials/mail-demo"]),
+    # The dashboard reads the spool and conversation state; it writes only control/.
+    ("airut-web", ["touch", "/var/spool/airut/active/forged.json"]),
+    ("airut-web", ["touch", "/var/spool/airut/incoming/tmp/forged.json"]),
+    ("airut-web", ["touch", "/var/lib/airut/conversations/forged"]),
+    ("airut-web", ["cat", "/etc/airut/credentials/anthropic-api-key"]),
+    ("airut-web", ["ls", "/run/airut/policies"]),
 ]
 OWN_USERS = {"airut-runner": "root", "airut-proxy": "airut-proxy",
-             "airut-email@demo": "airut-email"}
+             "airut-email@demo": "airut-email", "airut-web": "airut-web"}
 
 # What airut.target starts on a configuration with one repository that has an email block.
 DAEMONS = ("airut-firewall.service", "airut-proxy.service", "airut-runner.service",
-           "airut-email@demo.service", "airut-housekeeping.timer")
+           "airut-email@demo.service", "airut-web.service", "airut-housekeeping.timer")
