@@ -45,16 +45,18 @@ def duration(seconds: float | None) -> str:
 
 
 def age(stamp: str | None) -> str:
-    """How long ago, from now: for waiting and running tasks."""
+    """How long ago: counted by app.js in the viewer's browser (the page itself stays the
+    same from one second to the next, so a live refresh gets 304 when nothing changed)."""
     if not stamp:
-        return "-"
+        return ""
     try:
         then = datetime.fromisoformat(stamp)
     except ValueError:
-        return "-"
+        return ""
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
-    return duration(max(0.0, (datetime.now(UTC) - then).total_seconds()))
+    iso = then.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f'<span class="age" data-since="{escape(iso)}"></span>'
 
 
 def money(amount: float | None) -> str:

@@ -21,6 +21,19 @@
     }
   }
 
+  // <span class="age" data-since="...Z">: how long ago, counted here every second.
+  function ages(root) {
+    var nodes = root.querySelectorAll("span.age[data-since]");
+    var now = Date.now();
+    for (var i = 0; i < nodes.length; i++) {
+      var s = Math.max(0, (now - new Date(nodes[i].getAttribute("data-since")).getTime()) / 1000);
+      if (isNaN(s)) continue;
+      nodes[i].textContent = s < 60 ? s.toFixed(0) + " s" : s < 3600 ?
+        Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s" :
+        Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min";
+    }
+  }
+
   function setState(text, bad) {
     var el = document.getElementById("livestate");
     if (!el) return;
@@ -57,6 +70,7 @@
         });
         main.replaceWith(fresh);
         localTimes(fresh);
+        ages(fresh);
       })
       .catch(function (e) { setState("offline: " + e.message, true); })
       .then(function () { busy = false; });
@@ -95,6 +109,8 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    ages(document);
+    window.setInterval(function () { ages(document); }, 1000);
     etag = null;
     window.setInterval(function () { if (live()) refresh(); }, POLL_MS);
     document.addEventListener("visibilitychange", function () {

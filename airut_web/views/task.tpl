@@ -28,7 +28,7 @@
     <dt>Tokens</dt><dd>{{number(s.usage.get("input_tokens"))}} in · {{number(s.usage.get("output_tokens"))}} out</dd>
     <dt>Image</dt><dd><code>{{s.image or "-"}}</code></dd>
     % elif t.outcome in ("running", "stopping", "preparing"):
-    <dt>Running for</dt><dd>{{age(t.started or t.time)}}</dd>
+    <dt>Running for</dt><dd>{{!age(t.started or t.time)}}</dd>
     % end
     % if v.conversation:
     <dt>Model</dt><dd>{{v.conversation.model}}{{(" · effort " + v.conversation.effort) if v.conversation.effort else ""}}</dd>

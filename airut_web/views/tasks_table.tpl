@@ -20,7 +20,7 @@
   <td class="sender">{{short(t.sender, 60)}}</td>
   <td>{{t.channel or "-"}}</td>
   % if t.outcome in ("queued", "preparing", "running", "stopping"):
-  <td>{{!when(t.started or t.time)}}<div class="preview">{{age(t.started or t.time)}}</div></td>
+  <td>{{!when(t.started or t.time)}}<div class="preview">{{!age(t.started or t.time)}}</div></td>
   % else:
   <td>{{!when(t.time)}}</td>
   % end
