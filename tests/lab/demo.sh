@@ -59,9 +59,13 @@ $G sh -c "cd /var/lib/airut/conversations/$conv/workspace && ls -ln NOTES.md && 
 say "its network log: every request it made, through airut-proxy"
 $G cat "/var/lib/airut/conversations/$conv/network.log"
 
+say "the dashboard (airut-web, in the guest on 127.0.0.1:5200): /api/health"
+$G python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:5200/api/health").read().decode())' || true
+
 cat <<MSG
 
 The guest keeps running. Try:
+  $HERE/dashboard.sh      (then open http://127.0.0.1:5200 in a browser on this machine)
   $HERE/guest.sh airut submit --conversation $conv "One more thing?"
   $HERE/guest.sh python3 /srv/demo-mail.py "Another task, by mail"
   $HERE/guest.sh systemctl status airut-runner

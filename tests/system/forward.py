@@ -94,3 +94,29 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     finally:
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def main() -> None:
+    """`tests/lab/dashboard.sh`: the running lab guest's dashboard on this machine."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="the lab guest's dashboard on the host")
+    parser.add_argument("--leader", required=True, help="the guest's leader process id")
+    parser.add_argument("--port", type=int, default=5200, help="the port on the host")
+    args = parser.parse_args()
+    forward = Forward(args.leader, 5200)
+    forward.listener.close()
+    forward.listener = socket.create_server(("127.0.0.1", args.port))
+    forward.port = args.port
+    threading.Thread(target=forward._accept, daemon=True).start()
+    print(f"the lab's dashboard: {forward.url} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
