@@ -1,14 +1,18 @@
 """The dashboard's screenshots in doc/ (doc/dashboard.md, README.md), taken by headless
 Chromium from airut-web serving a state written as the daemons write it:
 
-  python -m tests.webshots [OUT_DIR]     (default: doc/images)
+  make demo && python -m tests.webshots [OUT_DIR]     (default: doc/images)
+
+airut-web runs inside the running lab guest, where airut's units are real (the
+overview's unit table is systemd's answer), on a state of its own in the guest's /srv;
+the browser on the host reaches it through tests/system/forward.py.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +20,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 from airut_core import cgroup
-from bench.web import free_port, wait_listening
 from tests import webstate
+from tests.system.forward import Forward
+from tests.system.lab import lab_env
 
 TURNS = [
     {"tool": "Bash", "input": {"command": "git log --oneline -5"},
@@ -49,9 +54,6 @@ def state(root: Path) -> tuple[webstate.Built, str, str]:
     webstate.queue(built.cfg, conversation_id=cid, text="Also update the changelog.")
     webstate.queue(built.cfg, text="Why does the nightly build fail on arm64?",
                    sender="carol@corp.test")
-    (root / "airut.yaml").write_text(
-        f"paths: {{spool: {root}/spool, state: {root}/state}}\n"
-        "repos: {demo: {repo_url: x}, other: {repo_url: y}}\n")
     return built, running, cid
 
 
@@ -69,40 +71,61 @@ def shoot(driver, url: str, out: Path, width: int = 1280) -> None:
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "doc/images")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="webshots-") as tmp:
-        built, running, cid = state(Path(tmp))
-        port = free_port()
-        web = subprocess.Popen([sys.executable, "-m", "airut_web.daemon", "--config",
-                                f"{tmp}/airut.yaml", "--port", str(port)],
-                               stderr=subprocess.DEVNULL)
-        try:
-            wait_listening(port)
-            url = f"http://127.0.0.1:{port}"
-            for scheme in ("light", "dark"):
-                options = webdriver.ChromeOptions()
-                for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                            "--hide-scrollbars", "--force-device-scale-factor=1"):
-                    options.add_argument(arg)
+    env = lab_env()
+    leader = Path(f"/run/sdlab-{env['AIRUT_GUEST']}.leader").read_text().strip()
+    guest_dir = "/srv/webshots"
+    host_dir = Path(f"/proc/{leader}/root{guest_dir}")
+    shutil.rmtree(host_dir, ignore_errors=True)
+    host_dir.mkdir(parents=True)
+    built, running, _ = state(host_dir)
+    (host_dir / "airut.yaml").write_text(
+        f"paths: {{spool: {guest_dir}/spool, state: {guest_dir}/state}}\n"
+        "repos: {demo: {repo_url: x}, other: {repo_url: y}}\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(host_dir)], check=True)
+    port = 5300
+    web = subprocess.Popen(["nsenter", "-t", leader, "-a",
+                            f"{env['AIRUT_LAB']}/guest-venv/bin/python", "-m",
+                            "airut_web.daemon", "--config", f"{guest_dir}/airut.yaml",
+                            "--port", str(port)], stderr=subprocess.DEVNULL)
+    forward = Forward(leader, port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                forward.connect().close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "airut-web did not start in the guest"
+                time.sleep(0.2)
+        port = forward.port
+        url = f"http://127.0.0.1:{port}"
+        for scheme in ("light", "dark"):
+            options = webdriver.ChromeOptions()
+            for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", "--force-device-scale-factor=1"):
+                options.add_argument(arg)
+            if scheme == "dark":
+                options.add_argument("--force-dark-mode")
+                options.add_argument("--blink-settings=preferredColorScheme=0")
+            driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"),
+                                      options=options)
+            try:
                 if scheme == "dark":
-                    options.add_argument("--force-dark-mode")
-                    options.add_argument("--blink-settings=preferredColorScheme=0")
-                driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"),
-                                          options=options)
-                try:
-                    if scheme == "dark":
-                        shoot(driver, url + "/", out / "dashboard-overview-dark.png")
-                        continue
-                    shoot(driver, url + "/", out / "dashboard-overview.png")
-                    shoot(driver, f"{url}/task/{running}", out / "dashboard-task.png")
-                    shoot(driver, f"{url}/conversation/{built.conversations[0]}",
-                          out / "dashboard-conversation.png")
-                    shoot(driver, url + "/repo/demo", out / "dashboard-repo.png")
-                    shoot(driver, url + "/", out / "dashboard-phone.png", width=390)
-                finally:
-                    driver.quit()
-        finally:
-            web.terminate()
-            web.wait(10)
+                    shoot(driver, url + "/", out / "dashboard-overview-dark.png")
+                    continue
+                shoot(driver, url + "/", out / "dashboard-overview.png")
+                shoot(driver, f"{url}/task/{running}", out / "dashboard-task.png")
+                shoot(driver, f"{url}/conversation/{built.conversations[0]}",
+                      out / "dashboard-conversation.png")
+                shoot(driver, url + "/repo/demo", out / "dashboard-repo.png")
+                shoot(driver, url + "/", out / "dashboard-phone.png", width=390)
+            finally:
+                driver.quit()
+    finally:
+        web.terminate()
+        web.wait(10)
+        forward.close()
+        shutil.rmtree(host_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
