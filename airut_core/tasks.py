@@ -17,7 +17,7 @@ from pathlib import Path
 from airut_core import conversation, paths, spool
 from airut_core.conversation import Conversation, ConversationError
 
-WAITING = ("queued", "preparing", "running", "stopping")
+WAITING = ("queued", "preparing", "building", "running", "stopping")
 TEXT_PREVIEW = 300  # characters of a waiting task's text kept in the index
 
 
@@ -38,6 +38,7 @@ class TaskLine:
     model: str | None = None
     text: str | None = None  # the start of the message, while it waits or runs
     merged: list[str] = field(default_factory=list)  # follow-ups answered with it
+    image: str | None = None  # the image it runs in, once the runner chose it
 
 
 Loader = Callable[[Path, str], Conversation | None]
@@ -89,7 +90,8 @@ def waiting(spool_dir: Path | str, repo: str | None = None) -> list[TaskLine]:
                 _str(record.get("created")) or "", unit=_str(state.get("unit")),
                 channel=_str(record.get("channel")), started=_str(state.get("started")),
                 text=(_str(record.get("text")) or "")[:TEXT_PREVIEW],
-                merged=merged_ids(state) if stage is sp.active else []))
+                merged=merged_ids(state) if stage is sp.active else [],
+                image=_str(state.get("image")) if stage is sp.active else None))
     return found
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import bottle
 
-from airut_core import paths
+from airut_core import paths, tasks
 from airut_web import charts, render
 from airut_web.state import BLOCKED_HINT, State
 
@@ -49,7 +49,8 @@ def make_app(state: State) -> bottle.Bottle:
     def page(name: str, title: str, live: bool = True, **values) -> str:
         fragment = bottle.request.headers.get("X-Airut-Live") == "1"
         body = bottle.template(name, template_lookup=[VIEWS], title=title, fragment=fragment,
-                               live=live, repos=sorted(state.cfg.repos), **HELPERS, **values)
+                               live=live, repos=sorted(state.cfg.repos), WAITING=tasks.WAITING,
+                               **HELPERS, **values)
         return _conditional(body, "text/html; charset=utf-8")
 
     @app.get("/")
@@ -73,8 +74,8 @@ def make_app(state: State) -> bottle.Bottle:
         mem_limit = view.limits.get("memory") if isinstance(view.limits.get("memory"), int) \
             else None
         cpus = view.limits.get("cpus")
-        return page("task", f"task {task_id}", live=view.line.outcome in (
-            "queued", "preparing", "running", "stopping") or view.stop_pending, view=view,
+        return page("task", f"task {task_id}", live=view.line.outcome in tasks.WAITING
+                    or view.stop_pending, view=view,
             hint=BLOCKED_HINT, t0=t0, charts={
                 "memory": charts.line(memory, "Memory of the task's cgroup", render.size,
                                       limit=mem_limit),

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from html import escape
 
-OUTCOME_CLASS = {"success": "ok", "queued": "wait", "preparing": "wait", "running": "run",
-                 "stopping": "run", "stopped": "muted"}
+OUTCOME_CLASS = {"success": "ok", "queued": "wait", "preparing": "wait", "building": "wait",
+                 "running": "run", "stopping": "run", "stopped": "muted"}
 
 
 def when(stamp: str | None) -> str:

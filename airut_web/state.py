@@ -26,6 +26,7 @@ from airut_core.tasks import TaskLine
 from airut_web import netlog, timeline
 from airut_web.systemd import Units, UnitState
 
+STOPPABLE = ("queued", "preparing", "building", "running")
 RECENT = 50  # finished tasks on the overview
 DAYS = 30  # of the overview's charts
 BLOCKED_HINT = (f"Not on the repository's network allowlist ({ALLOWLIST_FILE} on its default "
@@ -73,11 +74,11 @@ class TaskView:
 
     @property
     def stoppable(self) -> bool:
-        return self.line.outcome in ("queued", "preparing", "running") and not self.stop_pending
+        return self.line.outcome in STOPPABLE and not self.stop_pending
 
     @property
     def shown_outcome(self) -> str:
-        if self.stop_pending and self.line.outcome in ("queued", "preparing", "running"):
+        if self.stop_pending and self.line.outcome in STOPPABLE:
             return "stopping"
         return self.line.outcome
 
@@ -120,9 +121,13 @@ class State:
     def waiting(self) -> list[TaskLine]:
         found = tasks.waiting(self.spool.root)
         stopping = self.stop_requests()
+        builds = self.units.builds() if any(t.outcome == "preparing" for t in found) else set()
         for t in found:
             if t.task in stopping and t.outcome != "stopping":
                 t.outcome = "stopping"
+            elif t.outcome == "preparing" and t.image and ":" in t.image and \
+                    f"airut-build-{t.image.rsplit(':', 1)[1]}.service" in builds:
+                t.outcome = "building"  # its image is being built
         return sorted(found, key=lambda t: (t.outcome == "queued", t.time))
 
     def all_tasks(self) -> list[TaskLine]:

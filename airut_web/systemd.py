@@ -50,6 +50,12 @@ class Units:
         return self._cached("tasks", lambda: {u.name: u for u in self._list(
             [b"airut-task-*.service"], details=False)}, {})
 
+    def builds(self) -> set[str]:
+        """Image builds running now, by unit name (airut-build-<tree>.service)."""
+        return self._cached("builds", lambda: {u.name for u in self._list(
+            [b"airut-build-*.service"], details=False) if u.active in ("active",
+                                                                       "activating")}, set())
+
     def _cached(self, key: str, make, empty):
         with self._lock:
             hit = self._cache.get(key)

@@ -27,7 +27,7 @@
     <dt>Turns</dt><dd>{{number(s.turns)}}</dd>
     <dt>Tokens</dt><dd>{{number(s.usage.get("input_tokens"))}} in · {{number(s.usage.get("output_tokens"))}} out</dd>
     <dt>Image</dt><dd><code>{{s.image or "-"}}</code></dd>
-    % elif t.outcome in ("running", "stopping", "preparing"):
+    % elif t.outcome in WAITING and t.outcome != "queued":
     <dt>Running for</dt><dd>{{!age(t.started or t.time)}}</dd>
     % end
     % if v.conversation:

@@ -19,7 +19,7 @@
   <td><a href="/repo/{{t.repo}}">{{t.repo}}</a></td>
   <td class="sender">{{short(t.sender, 60)}}</td>
   <td>{{t.channel or "-"}}</td>
-  % if t.outcome in ("queued", "preparing", "running", "stopping"):
+  % if t.outcome in WAITING:
   <td>{{!when(t.started or t.time)}}<div class="preview">{{!age(t.started or t.time)}}</div></td>
   % else:
   <td>{{!when(t.time)}}</td>

@@ -277,3 +277,22 @@ def test_live_refresh_is_conditional_and_sends_only_main(built, web):
     webstate.queue(built.cfg)
     status, headers, _ = web.get("/", **{"X-Airut-Live": "1", "If-None-Match": etag})
     assert status == 200 and headers["etag"] != etag
+
+
+def test_a_task_whose_image_is_being_built_shows_building(built, web):
+    task = webstate.run(built.cfg, built.conversations[3])
+    spool = paths.Spool(built.cfg.paths.spool)
+    record = spool.active.read(task)
+    del record["state"]["unit"]  # prepared, not started: waiting for its image
+    record["state"]["image"] = "localhost/airut-repo:0123456789abcdef0123"
+    spool.active.put(task, record)
+    assert row_badge(web.get("/")[2], task) == "preparing"
+    web.state.units.listed.append(UnitState("airut-build-0123456789abcdef0123.service",
+                                            "active", "running"))
+    web.state.units._cache.clear()
+    assert row_badge(web.get("/")[2], task) == "building"
+
+
+def row_badge(page: str, task: str) -> str:
+    row = page[page.index(f'href="/task/{task}"'):]
+    return re.search(r'<span class="badge [a-z]+">([^<]+)</span>', row).group(1)
