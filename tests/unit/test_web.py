@@ -296,3 +296,13 @@ def test_a_task_whose_image_is_being_built_shows_building(built, web):
 def row_badge(page: str, task: str) -> str:
     row = page[page.index(f'href="/task/{task}"'):]
     return re.search(r'<span class="badge [a-z]+">([^<]+)</span>', row).group(1)
+
+
+@pytest.mark.parametrize(("host", "quiet"), [("127.0.0.1", True), ("::1", True),
+                                             ("localhost", True), ("127.0.0.2", True),
+                                             ("0.0.0.0", False), ("::", False),
+                                             ("192.168.1.5", False), ("web.example", False)])
+def test_only_a_loopback_address_listens_without_a_warning(host, quiet):
+    from airut_web.daemon import loopback
+
+    assert loopback(host) is quiet
