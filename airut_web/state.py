@@ -103,6 +103,9 @@ class State:
     conversations: Conversations = field(default_factory=Conversations)
     timelines: timeline.Reader = field(default_factory=timeline.Reader)
     netlogs: netlog.Reader = field(default_factory=netlog.Reader)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _index: tuple | None = None  # (fingerprint, finished tasks, by task id)
+    _days: tuple | None = None  # ((list id, day), per-day counts, the list)
 
     @property
     def state_dir(self) -> Path:
@@ -115,8 +118,28 @@ class State:
     # -- lists ------------------------------------------------------------------------
 
     def finished(self, repo: str | None = None) -> list[TaskLine]:
-        return sorted(tasks.finished(self.state_dir, repo, self.conversations.load),
-                      key=lambda t: t.time, reverse=True)
+        """Finished tasks, newest first: made again only when a conversation changed."""
+        every = self._finished_index()[0]
+        return every if repo is None else [t for t in every if t.repo == repo]
+
+    def _finished_index(self) -> tuple[list[TaskLine], dict[str, TaskLine]]:
+        root = os.path.join(self.cfg.paths.state, "conversations")
+        key = []
+        for cid in tasks.conversation_ids(root.removesuffix("/conversations")):
+            try:
+                st = os.stat(os.path.join(root, cid, conversation.FILE))
+            except OSError:
+                continue
+            key.append((cid, st.st_ino, st.st_mtime_ns, st.st_size))
+        with self._lock:
+            if self._index is not None and self._index[0] == key:
+                return self._index[1], self._index[2]
+        found = sorted(tasks.finished(self.state_dir, None, self.conversations.load),
+                       key=lambda t: t.time, reverse=True)
+        by_task = {t.task: t for t in found}
+        with self._lock:
+            self._index = (key, found, by_task)
+        return found, by_task
 
     def waiting(self) -> list[TaskLine]:
         found = tasks.waiting(self.spool.root)
@@ -158,7 +181,21 @@ class State:
                 followups.setdefault(first_of[t.conversation], []).append(t.task)
             elif t.conversation:
                 first_of.setdefault(t.conversation, t.task)
+        days, per_day, cost = self._per_day(finished)
+        depths = tasks.queue_depths(self.spool.root)
+        units = self.units.daemons()
+        return Overview(waiting, followups, finished[:RECENT], units, depths, days, per_day,
+                        cost, self.health(units, depths))
+
+    def _per_day(self, finished: list[TaskLine]
+                 ) -> tuple[list[str], dict[str, list[float]], list[float]]:
+        """Tasks by outcome and cost per UTC day: counted again when a task finished or
+        a day began."""
         today = datetime.now(UTC).date()
+        key = (id(finished), today)
+        with self._lock:
+            if self._days is not None and self._days[0] == key:
+                return self._days[1]
         days = [(today - timedelta(days=n)).isoformat() for n in range(DAYS - 1, -1, -1)]
         index = {d: i for i, d in enumerate(days)}
         per_outcome: dict[str, list[float]] = {}
@@ -171,11 +208,10 @@ class State:
             per_outcome.setdefault(group, [0.0] * DAYS)[i] += 1
             cost[i] += t.cost_usd or 0.0
         order = ("success", "failed", "stopped")
-        per_day = {k: per_outcome[k] for k in order if k in per_outcome}
-        depths = tasks.queue_depths(self.spool.root)
-        units = self.units.daemons()
-        return Overview(waiting, followups, finished[:RECENT], units, depths, days, per_day,
-                        cost, self.health(units, depths))
+        value = (days, {k: per_outcome[k] for k in order if k in per_outcome}, cost)
+        with self._lock:
+            self._days = (key, value, finished)  # holding the list keeps its id unique
+        return value
 
     # -- health -----------------------------------------------------------------------
 
@@ -214,10 +250,7 @@ class State:
             if line.conversation:
                 conv = self._conversation(line.conversation)
         else:
-            for t in tasks.finished(self.state_dir, None, self.conversations.load):
-                if t.task == task_id:
-                    line = t
-                    break
+            line = self._finished_index()[1].get(task_id)
             if line is None or not line.conversation:
                 return None
             conv = self._conversation(line.conversation)
