@@ -57,12 +57,12 @@ def state(root: Path) -> tuple[webstate.Built, str, str]:
     return built, running, cid
 
 
-def shoot(driver, url: str, out: Path, width: int = 1280) -> None:
+def shoot(driver, url: str, out: Path, width: int = 1280, height_max: int = 1500) -> None:
     driver.set_window_size(width, 1000)
     driver.get(url)
     time.sleep(1.0)
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, min(height, 2400))
+    driver.set_window_size(width, min(height, height_max))
     time.sleep(0.3)
     driver.save_screenshot(str(out))
     print(out)
@@ -83,10 +83,10 @@ def main() -> None:
         "repos: {demo: {repo_url: x}, other: {repo_url: y}}\n")
     subprocess.run(["chmod", "-R", "a+rX", str(host_dir)], check=True)
     port = 5300
-    web = subprocess.Popen(["nsenter", "-t", leader, "-a",
-                            f"{env['AIRUT_LAB']}/guest-venv/bin/python", "-m",
-                            "airut_web.daemon", "--config", f"{guest_dir}/airut.yaml",
-                            "--port", str(port)], stderr=subprocess.DEVNULL)
+    guest = ["nsenter", "-t", leader, "-a"]
+    subprocess.run([*guest, "systemd-run", "--unit=airut-webshots", "--collect", "--quiet",
+                    f"{env['AIRUT_LAB']}/guest-venv/bin/python", "-m", "airut_web.daemon",
+                    "--config", f"{guest_dir}/airut.yaml", "--port", str(port)], check=True)
     forward = Forward(leader, port)
     try:
         deadline = time.monotonic() + 30
@@ -118,12 +118,11 @@ def main() -> None:
                 shoot(driver, f"{url}/conversation/{built.conversations[0]}",
                       out / "dashboard-conversation.png")
                 shoot(driver, url + "/repo/demo", out / "dashboard-repo.png")
-                shoot(driver, url + "/", out / "dashboard-phone.png", width=390)
+                shoot(driver, url + "/", out / "dashboard-phone.png", width=390, height_max=1300)
             finally:
                 driver.quit()
     finally:
-        web.terminate()
-        web.wait(10)
+        subprocess.run([*guest, "systemctl", "stop", "airut-webshots.service"], check=False)
         forward.close()
         shutil.rmtree(host_dir, ignore_errors=True)
 

@@ -22,13 +22,13 @@
 <section>
   <h2>Units</h2>
   <div class="scroll"><table>
-  <thead><tr><th>Unit</th><th>State</th><th class="num">Restarts</th><th>Status</th></tr></thead>
+  <thead><tr><th>Unit</th><th>State</th><th class="num wide">Restarts</th><th>Status</th></tr></thead>
   <tbody>
   % for u in o.units:
   <tr class="{{'failed' if u.failed else ''}}">
-    <td>{{u.name}}</td>
+    <td class="unit">{{u.name}}</td>
     <td><span class="badge {{'bad' if u.failed else 'ok' if u.active == 'active' else 'muted'}}">{{u.active}}</span> <span class="preview">{{u.sub}}{{'' if u.result in ('', 'success') else ' · ' + u.result}}</span></td>
-    <td class="num">{{u.restarts}}</td>
+    <td class="num wide">{{u.restarts}}</td>
     <td class="status">{{short(u.status, 120)}}</td>
   </tr>
   % end

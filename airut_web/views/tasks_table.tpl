@@ -1,6 +1,6 @@
 % # rows: TaskLine; columns: which to show
 <div class="scroll"><table class="tasks">
-<thead><tr><th>Task</th><th>State</th><th>Repository</th><th>Sender</th><th>Channel</th><th>{{time_label}}</th><th class="num">Took</th><th class="num">Cost</th></tr></thead>
+<thead><tr><th>Task</th><th>State</th><th class="wide">Repository</th><th class="wide">Sender</th><th class="wide">Channel</th><th>{{time_label}}</th><th class="num wide">Took</th><th class="num">Cost</th></tr></thead>
 <tbody>
 % for t in rows:
 <tr class="o-{{t.outcome}}">
@@ -16,15 +16,15 @@
   % end
   </td>
   <td>{{!badge(t.outcome)}}</td>
-  <td><a href="/repo/{{t.repo}}">{{t.repo}}</a></td>
-  <td class="sender">{{short(t.sender, 60)}}</td>
-  <td>{{t.channel or "-"}}</td>
+  <td class="wide"><a href="/repo/{{t.repo}}">{{t.repo}}</a></td>
+  <td class="sender wide">{{short(t.sender, 60)}}</td>
+  <td class="wide">{{t.channel or "-"}}</td>
   % if t.outcome in WAITING:
   <td>{{!when(t.started or t.time)}}<div class="preview">{{!age(t.started or t.time)}}</div></td>
   % else:
   <td>{{!when(t.time)}}</td>
   % end
-  <td class="num">{{duration(t.duration_s)}}</td>
+  <td class="num wide">{{duration(t.duration_s)}}</td>
   <td class="num">{{money(t.cost_usd)}}</td>
 </tr>
 % end
