@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from airut_core import schema
+
 ROOT = Path("/sys/fs/cgroup")
 TASK_SLICE = "airut-tasks.slice"  # every task unit's slice
 SAMPLES_DIR = "metrics"
@@ -140,13 +142,9 @@ def read_samples(path: Path) -> list[Sample]:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 d = json.loads(line)
                 t = float(d["t"])
-                found.append(Sample(t, _count(d.get("memory")), _count(d.get("cpu_usec"))))
+                found.append(Sample(t, schema.count(d.get("memory"), 1 << 62),
+                                    schema.count(d.get("cpu_usec"), 1 << 62)))
     return found
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
 
 
 def sample_now(path: str, root: Path = ROOT) -> Sample | None:

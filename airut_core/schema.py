@@ -99,6 +99,14 @@ class Size:
         return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def count(value: Any, maximum: int = 1 << 53) -> int | None:
+    """A non-negative integer from someone else's bytes, or None (booleans and numbers
+    in strings are not counts)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum:
+        return value
+    return None
+
+
 def build(cls: type, data: Any, path: str = "") -> Any:
     """Check data against dataclass cls and return an instance."""
     if not isinstance(data, dict):

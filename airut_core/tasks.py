@@ -75,24 +75,44 @@ def waiting(spool_dir: Path | str, repo: str | None = None) -> list[TaskLine]:
     answers it next, and the line of the first one lists it."""
     sp = paths.Spool(spool_dir)
     found: list[TaskLine] = []
-    for stage, default in ((sp.active, "preparing"), (sp.incoming, "queued")):
+    for stage, claimed in ((sp.active, True), (sp.incoming, False)):
         for name in stage.names():
             try:
                 record = stage.read(name)
             except (OSError, spool.RecordError):
                 continue
-            if repo and record.get("repo") != repo:
-                continue
-            state = record.get("state") if isinstance(record.get("state"), dict) else {}
-            found.append(TaskLine(
-                name, _str(record.get("conversation_id")), _str(record.get("repo")) or "-",
-                _str(record.get("sender")) or "-", phase(state, default),
-                _str(record.get("created")) or "", unit=_str(state.get("unit")),
-                channel=_str(record.get("channel")), started=_str(state.get("started")),
-                text=(_str(record.get("text")) or "")[:TEXT_PREVIEW],
-                merged=merged_ids(state) if stage is sp.active else [],
-                image=_str(state.get("image")) if stage is sp.active else None))
+            if not repo or record.get("repo") == repo:
+                found.append(line_of(name, record, claimed))
     return found
+
+
+def find_waiting(spool_dir: Path | str, task: str) -> tuple[TaskLine, dict] | None:
+    """One task claimed or queued, and its record; None when it is in neither stage."""
+    sp = paths.Spool(spool_dir)
+    for stage, claimed in ((sp.active, True), (sp.incoming, False)):
+        try:
+            record = stage.read(task)
+        except (OSError, spool.RecordError):
+            continue
+        return line_of(task, record, claimed), record
+    return None
+
+
+def line_of(name: str, record: dict, claimed: bool) -> TaskLine:
+    """A waiting task's line; the runner's notes (state) count only on its own records."""
+    state = state_of(record) if claimed else {}
+    return TaskLine(
+        name, _str(record.get("conversation_id")), _str(record.get("repo")) or "-",
+        _str(record.get("sender")) or "-", phase(state) if claimed else "queued",
+        _str(record.get("created")) or "", unit=_str(state.get("unit")),
+        channel=_str(record.get("channel")), started=_str(state.get("started")),
+        text=(_str(record.get("text")) or "")[:TEXT_PREVIEW], merged=merged_ids(state),
+        image=_str(state.get("image")))
+
+
+def state_of(record: dict) -> dict:
+    state = record.get("state")
+    return state if isinstance(state, dict) else {}
 
 
 def merged_ids(state: dict) -> list[str]:
@@ -102,10 +122,8 @@ def merged_ids(state: dict) -> list[str]:
             and isinstance(m.get("task_id"), str)] if isinstance(merged, list) else []
 
 
-def phase(state: dict, default: str) -> str:
+def phase(state: dict) -> str:
     """A claimed task's phase, from the runner's notes on its record."""
-    if default == "queued":
-        return default
     if state.get("stop_requested") is True:
         return "stopping"
     return "running" if isinstance(state.get("unit"), str) else "preparing"

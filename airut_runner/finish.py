@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from airut_core import conversation, paths
+from airut_core import conversation, paths, schema
 from airut_core.config import ResourceLimits
 from airut_core.conversation import LAST_REPLY_CHARS, TEXT_KEPT, Conversation, ReplySummary
 from airut_core.records import ReplyRecord, TaskRecord
@@ -140,7 +140,7 @@ def record_reply(ctx: Context, conv: Conversation, name: str, ending: Ending,
         conv.last_reply = summary.reply_text()[:LAST_REPLY_CHARS]
     if not conv.replied_to(name):
         usage = summary.usage()
-        offset = _count(state.get("events_offset"))
+        offset = schema.count(state.get("events_offset"))
         limits = state.get("limits") if isinstance(state.get("limits"), dict) else {}
         conv.replies.append(ReplySummary(
             task_id=name, outcome=result, sender=task.sender[:200], channel=task.channel,
@@ -155,11 +155,6 @@ def record_reply(ctx: Context, conv: Conversation, name: str, ending: Ending,
                                                 float | int) else None,
             request=task.text[:TEXT_KEPT], reply=ending.text[:TEXT_KEPT]))
     conversation.save(ctx.state_dir, conv)
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
 
 
 def _events_size(cdir: Path | None) -> int | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from airut_core.conversation import SESSION_ID
+from airut_core.schema import count as _count
 
 NO_OUTPUT = "No output received from Claude."
 ANCHOR_WINDOW = 4
@@ -216,13 +217,6 @@ def clean(text: str) -> str:
     """Valid Unicode: JSON may carry lone surrogates (\\ud800), which no file, record,
     mail or terminal can encode; each becomes U+FFFD."""
     return SURROGATE.sub("\ufffd", text)
-
-
-def _count(value: Any, maximum: int = 1 << 53) -> int | None:
-    """A non-negative integer, or None (booleans and numbers in strings are not counts)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum:
-        return value
-    return None
 
 
 def _money(value: Any) -> float | None:

@@ -5,6 +5,7 @@ route, stop, needs a custom header and the page's own origin."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -17,7 +18,7 @@ import bottle
 
 from airut_core import paths, tasks
 from airut_web import charts, render
-from airut_web.state import BLOCKED_HINT, State
+from airut_web.state import BLOCKED_HINT, State, stoppable
 
 logger = logging.getLogger("airut.web")
 
@@ -46,12 +47,15 @@ def make_app(state: State) -> bottle.Bottle:
     app = bottle.Bottle()
     app.config["json.enable"] = False
 
-    def page(name: str, title: str, live: bool = True, **values) -> str:
-        fragment = bottle.request.headers.get("X-Airut-Live") == "1"
-        body = bottle.template(name, template_lookup=[VIEWS], title=title, fragment=fragment,
+    def render_page(name: str, title: str, fragment: bool, live: bool, **values) -> str:
+        return bottle.template(name, template_lookup=[VIEWS], title=title, fragment=fragment,
                                live=live, repos=sorted(state.cfg.repos), WAITING=tasks.WAITING,
                                **HELPERS, **values)
-        return _conditional(body, "text/html; charset=utf-8")
+
+    def page(name: str, title: str, live: bool = True, **values) -> str:
+        fragment = bottle.request.headers.get("X-Airut-Live") == "1"
+        return _conditional(render_page(name, title, fragment, live, **values),
+                            "text/html; charset=utf-8")
 
     @app.get("/")
     def overview():
@@ -68,7 +72,6 @@ def make_app(state: State) -> bottle.Bottle:
         view = state.task(_checked(paths.TASK_ID, task_id))
         if view is None:
             bottle.abort(404, "No such task.")
-        t0 = view.samples[0].t if view.samples else 0
         memory = [(s.t, s.memory) for s in view.samples if s.memory is not None]
         cpu = _cpu_percent(view.samples)
         mem_limit = view.limits.get("memory") if isinstance(view.limits.get("memory"), int) \
@@ -76,7 +79,7 @@ def make_app(state: State) -> bottle.Bottle:
         cpus = view.limits.get("cpus")
         return page("task", f"task {task_id}", live=view.line.outcome in tasks.WAITING
                     or view.stop_pending, view=view,
-            hint=BLOCKED_HINT, t0=t0, charts={
+            hint=BLOCKED_HINT, charts={
                 "memory": charts.line(memory, "Memory of the task's cgroup", render.size,
                                       limit=mem_limit),
                 "cpu": charts.line(cpu, "CPU of the task's cgroup, % of one core",
@@ -113,13 +116,14 @@ def make_app(state: State) -> bottle.Bottle:
     @app.post("/api/task/<task_id>/stop")
     def stop(task_id: str):
         _same_origin()
-        view = state.task(_checked(paths.TASK_ID, task_id))
-        if view is None:
+        found = state.find(_checked(paths.TASK_ID, task_id))
+        if found is None:
             bottle.abort(404, "No such task.")
-        if not view.stoppable:
+        line, _, stop_pending = found
+        if not stoppable(line, stop_pending):
             bottle.response.status = 409
-            return _json({"task": task_id, "state": view.shown_outcome,
-                          "error": f"the task is {view.shown_outcome}: nothing to stop"})
+            return _json({"task": task_id, "state": line.outcome,
+                          "error": f"the task is {line.outcome}: nothing to stop"})
         who = f"dashboard ({bottle.request.remote_addr or 'unknown'})"
         state.request_stop(task_id, who)
         logger.info("stop of task %s requested from the dashboard (%s)", task_id,
@@ -132,7 +136,7 @@ def make_app(state: State) -> bottle.Bottle:
         if name not in STATIC_FILES:
             bottle.abort(404, "Not found.")
         bottle.response.set_header("Cache-Control", "max-age=300")
-        return _conditional((STATIC / name).read_text(), STATIC_FILES[name])
+        return _conditional(_static(name), STATIC_FILES[name])
 
     @app.get("/favicon.ico")
     def favicon():
@@ -142,13 +146,17 @@ def make_app(state: State) -> bottle.Bottle:
         if bottle.request.path.startswith("/api/"):
             bottle.response.content_type = "application/json"
             return json.dumps({"error": str(error.body)})
-        return bottle.template("error", template_lookup=[VIEWS], title=f"{error.status}",
-                               fragment=False, live=False, repos=sorted(state.cfg.repos),
-                               error=error, **HELPERS)
+        return render_page("error", f"{error.status}", False, False, error=error)
 
     for code in (400, 403, 404, 405, 409, 500):
         app.error(code)(error_page)
     return app
+
+
+@functools.cache
+def _static(name: str) -> str:
+    """A file of the package's own, read once: the watchdog asks for one every 10 s."""
+    return (STATIC / name).read_text()
 
 
 def _checked(pattern, value: str) -> str:

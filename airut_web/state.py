@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airut_core import cgroup, conversation, paths, tasks
+from airut_core import cgroup, conversation, paths, schema, tasks
 from airut_core.config import Config
 from airut_core.conversation import Conversation, ReplySummary
 from airut_core.records import ControlRecord
@@ -74,13 +74,7 @@ class TaskView:
 
     @property
     def stoppable(self) -> bool:
-        return self.line.outcome in STOPPABLE and not self.stop_pending
-
-    @property
-    def shown_outcome(self) -> str:
-        if self.stop_pending and self.line.outcome in STOPPABLE:
-            return "stopping"
-        return self.line.outcome
+        return stoppable(self.line, self.stop_pending)
 
 
 @dataclass
@@ -125,7 +119,7 @@ class State:
     def _finished_index(self) -> tuple[list[TaskLine], dict[str, TaskLine]]:
         root = os.path.join(self.cfg.paths.state, "conversations")
         key = []
-        for cid in tasks.conversation_ids(root.removesuffix("/conversations")):
+        for cid in tasks.conversation_ids(self.cfg.paths.state):
             try:
                 st = os.stat(os.path.join(root, cid, conversation.FILE))
             except OSError:
@@ -142,16 +136,20 @@ class State:
         return found, by_task
 
     def waiting(self) -> list[TaskLine]:
-        found = tasks.waiting(self.spool.root)
-        stopping = self.stop_requests()
-        builds = self.units.builds() if any(t.outcome == "preparing" for t in found) else set()
-        for t in found:
+        found = self._shown(tasks.waiting(self.spool.root), self.stop_requests())
+        return sorted(found, key=lambda t: (t.outcome == "queued", t.time))
+
+    def _shown(self, lines: list[TaskLine], stopping: set[str]) -> list[TaskLine]:
+        """What the spool alone cannot say: a stop asked for and not yet acted on, an
+        image being built."""
+        builds = self.units.builds() if any(t.outcome == "preparing" for t in lines) else set()
+        for t in lines:
             if t.task in stopping and t.outcome != "stopping":
                 t.outcome = "stopping"
             elif t.outcome == "preparing" and t.image and ":" in t.image and \
                     f"airut-build-{t.image.rsplit(':', 1)[1]}.service" in builds:
                 t.outcome = "building"  # its image is being built
-        return sorted(found, key=lambda t: (t.outcome == "queued", t.time))
+        return lines
 
     def all_tasks(self) -> list[TaskLine]:
         return sorted([*self.waiting(), *self.finished()], key=lambda t: t.time, reverse=True)
@@ -185,7 +183,7 @@ class State:
         depths = tasks.queue_depths(self.spool.root)
         units = self.units.daemons()
         return Overview(waiting, followups, finished[:RECENT], units, depths, days, per_day,
-                        cost, self.health(units, depths))
+                        cost, self.health(units, depths, waiting))
 
     def _per_day(self, finished: list[TaskLine]
                  ) -> tuple[list[str], dict[str, list[float]], list[float]]:
@@ -201,7 +199,7 @@ class State:
         per_outcome: dict[str, list[float]] = {}
         cost = [0.0] * DAYS
         for t in finished:
-            i = index.get(_local_day(t.time))
+            i = index.get(_utc_day(t.time))
             if i is None:
                 continue
             group = _outcome_group(t.outcome)
@@ -216,9 +214,11 @@ class State:
     # -- health -----------------------------------------------------------------------
 
     def health(self, units: list[UnitState] | None = None,
-               depths: dict[str, int] | None = None) -> dict:
+               depths: dict[str, int] | None = None,
+               waiting: list[TaskLine] | None = None) -> dict:
         units = self.units.daemons() if units is None else units
         depths = tasks.queue_depths(self.spool.root) if depths is None else depths
+        waiting = self.waiting() if waiting is None else waiting
         reasons = []
         if self.units.error:
             reasons.append(f"systemd cannot be asked over D-Bus: {self.units.error}")
@@ -230,35 +230,35 @@ class State:
         for stage, n in sorted(depths.items()):
             if stage.startswith("failed/") and n:
                 reasons.append(f"{n} record(s) in {stage}")
-        waiting = tasks.waiting(self.spool.root)
         counts = Counter(t.outcome for t in waiting)
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "tasks": {k: counts.get(k, 0) for k in tasks.WAITING}}
 
     # -- one task ---------------------------------------------------------------------
 
+    def find(self, task_id: str) -> tuple[TaskLine, dict | None, bool] | None:
+        """Where a task is: its line, its spool record (None once it finished), and
+        whether a stop request waits for it."""
+        stopping = self.stop_requests()
+        found = tasks.find_waiting(self.spool.root, task_id)
+        if found is not None:
+            line, record = found
+            return self._shown([line], stopping)[0], record, task_id in stopping
+        line = self._finished_index()[1].get(task_id)
+        return (line, None, task_id in stopping) if line and line.conversation else None
+
     def task(self, task_id: str) -> TaskView | None:
-        line = next((t for t in self.waiting() if t.task == task_id), None)
-        summary = conv = None
-        record: dict = {}
-        if line is not None:
-            stage = self.spool.incoming if line.outcome == "queued" else self.spool.active
-            try:
-                record = stage.read(task_id)
-            except (OSError, RecordError):
-                record = {}
-            if line.conversation:
-                conv = self._conversation(line.conversation)
-        else:
-            line = self._finished_index()[1].get(task_id)
-            if line is None or not line.conversation:
-                return None
-            conv = self._conversation(line.conversation)
-            summary = next((r for r in conv.replies if r.task_id == task_id), None) \
-                if conv else None
-        state = record.get("state") if isinstance(record.get("state"), dict) else {}
+        found = self.find(task_id)
+        if found is None:
+            return None
+        line, record, stop_pending = found
+        conv = self._conversation(line.conversation) if line.conversation else None
+        summary = next((r for r in conv.replies if r.task_id == task_id), None) \
+            if conv and record is None else None
+        record = record or {}
+        state = tasks.state_of(record)
         cdir = paths.conversation_dir(self.state_dir, conv.conversation_id) if conv else None
-        start = summary.events_offset if summary else _int(state.get("events_offset"))
+        start = summary.events_offset if summary else schema.count(state.get("events_offset"))
         end = summary.events_end if summary else None
         events = timeline.Timeline()
         if cdir is not None and start is not None:
@@ -275,7 +275,7 @@ class State:
         text = summary.request if summary else (record.get("text")
                                                 if isinstance(record.get("text"), str) else "")
         return TaskView(line, summary, conv, limits, live, samples, events, network, counts,
-                        task_id in self.stop_requests(), text)
+                        stop_pending, text)
 
     def _conversation(self, cid: str) -> Conversation | None:
         try:
@@ -324,16 +324,15 @@ class State:
         return name
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
+def stoppable(line: TaskLine, stop_pending: bool) -> bool:
+    return line.outcome in STOPPABLE and not stop_pending
 
 
 def _outcome_group(outcome: str) -> str:
     return outcome if outcome in ("success", "stopped") else "failed"
 
 
-def _local_day(stamp: str) -> str:
+def _utc_day(stamp: str) -> str:
     """The UTC day of an ISO time (the charts' days are UTC days)."""
     try:
         return datetime.fromisoformat(stamp).astimezone(UTC).date().isoformat()

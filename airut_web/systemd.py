@@ -12,7 +12,6 @@ from dataclasses import dataclass
 logger = logging.getLogger("airut.web")
 
 DESTINATION = b"org.freedesktop.systemd1"
-UNIT_IF = b"org.freedesktop.systemd1.Unit"
 SERVICE_IF = b"org.freedesktop.systemd1.Service"
 DAEMON_PATTERNS = [b"airut.target", b"airut-*.service", b"airut-*.timer"]
 TRANSIENT = ("airut-task-", "airut-build-", "airut-sandbox-")  # per task, not daemons
@@ -27,7 +26,6 @@ class UnitState:
     result: str = ""
     restarts: int = 0
     status: str = ""  # STATUS= of a notify daemon
-    since_usec: int = 0  # ActiveEnterTimestamp, realtime
 
     @property
     def failed(self) -> bool:
@@ -44,11 +42,6 @@ class Units:
     def daemons(self) -> list[UnitState]:
         """airut's own units (not the transient ones of tasks and builds)."""
         return self._cached("daemons", self._daemons, [])
-
-    def task_units(self) -> dict[str, UnitState]:
-        """Loaded task units by name."""
-        return self._cached("tasks", lambda: {u.name: u for u in self._list(
-            [b"airut-task-*.service"], details=False)}, {})
 
     def builds(self) -> set[str]:
         """Image builds running now, by unit name (airut-build-<tree>.service)."""
@@ -85,11 +78,7 @@ class Units:
                 if not u.name.startswith(TRANSIENT)]
 
     def _list(self, patterns: list[bytes], details: bool) -> list[UnitState]:
-        from pystemd.systemd1 import Manager
-
-        bus = self._connect()
-        manager = Manager(bus=bus)
-        manager.load()
+        bus, manager = self._connect()
         found = []
         for u in manager.Manager.ListUnitsByPatterns([], patterns):
             name, load_state = u[0].decode(), u[2].decode()
@@ -102,8 +91,6 @@ class Units:
         return sorted(found, key=lambda s: s.name)
 
     def _details(self, bus, path: bytes, state: UnitState) -> None:
-        state.since_usec = bus.get_property(DESTINATION, path, UNIT_IF,
-                                            b"ActiveEnterTimestamp", b"t")
         if state.name.endswith(".service"):
             state.result = bus.get_property(DESTINATION, path, SERVICE_IF, b"Result",
                                             b"s").decode()
@@ -113,17 +100,22 @@ class Units:
                                             b"s").decode(errors="replace")
 
     def _connect(self):
+        """The bus and systemd's manager on it, introspected once per connection."""
         if self._bus is None:
             from pystemd.dbuslib import DBus
+            from pystemd.systemd1 import Manager
 
-            self._bus = DBus()
-            self._bus.open()
+            bus = DBus()
+            bus.open()
+            manager = Manager(bus=bus)
+            manager.load()
+            self._bus = (bus, manager)
         return self._bus
 
     def _close(self) -> None:
         if self._bus is not None:
             try:
-                self._bus.close()
+                self._bus[0].close()
             finally:
                 self._bus = None
 

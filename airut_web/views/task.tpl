@@ -6,7 +6,7 @@
 % s = v.summary
 <main data-live="{{'on' if live else 'off'}}">
 <section class="head">
-  <h1>Task <code>{{t.task}}</code> {{!badge(v.shown_outcome)}}</h1>
+  <h1>Task <code>{{t.task}}</code> {{!badge(t.outcome)}}</h1>
   % if v.stoppable:
   <button class="stop" type="button" data-task="{{t.task}}">Stop</button>
   <span class="stopmsg" role="status"></span>
