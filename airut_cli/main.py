@@ -252,8 +252,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_email(args: argparse.Namespace) -> int:
     from airut_core.guard import Permanent
+    from airut_ingest.conversations import Conversations, home
     from airut_ingest.email import intake
-    from airut_ingest.email.conversations import Conversations, home
     from airut_ingest.email.examiner import Examiner, ExaminerFailed, ExaminerUnavailable
 
     cfg = config_mod.load(args.config)
@@ -262,7 +262,7 @@ def cmd_email(args: argparse.Namespace) -> int:
         raise ConfigError(f"{cfg.source}: repos.{args.repo} has no email block")
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     known = Conversations(cfg.paths.state, args.repo,
-                          home(cfg.paths.state, args.repo) / "reserved").known
+                          home(cfg.paths.state, "email", args.repo) / "reserved").known
     examiner = Examiner(intake.Rules.of(repo.email))  # the daemon's own way of reading
     try:
         examiner.start()

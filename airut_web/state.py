@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airut_core import cgroup, conversation, paths, schema, tasks
+from airut_core import cgroup, conversation, paths, schema, tasks, timeline
 from airut_core.config import Config
 from airut_core.conversation import Conversation, ReplySummary
 from airut_core.records import ControlRecord
 from airut_core.sandbox import ALLOWLIST_FILE
 from airut_core.spool import RecordError, new_name
 from airut_core.tasks import TaskLine
-from airut_web import netlog, timeline
+from airut_web import netlog
 from airut_web.systemd import Units, UnitState
 
 STOPPABLE = ("queued", "preparing", "building", "running")

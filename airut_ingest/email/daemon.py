@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import sys
 import threading
 import time
@@ -66,7 +65,9 @@ from airut_core.spool import (
     utc_now,
     write_atomic,
 )
-from airut_ingest.email import compose, conversations, intake, parse
+from airut_ingest import conversations
+from airut_ingest import files as files_mod
+from airut_ingest.email import compose, intake, parse
 from airut_ingest.email.compose import Thread
 from airut_ingest.email.examiner import Examiner
 from airut_ingest.email.mailbox import Mailbox, send
@@ -106,7 +107,7 @@ class EmailChannel:
         self.staging = self.deferred.path / "intake"  # task records about to be published
         self.staging.mkdir(exist_ok=True)
         self.attachments = self.spool.root / "attachments"
-        home = conversations.home(cfg.paths.state, repo_id)
+        home = conversations.home(cfg.paths.state, "email", repo_id)
         self.seen = home / "seen"
         self.sent = home / "sent"
         for d in (self.seen, self.sent, self.attachments):
@@ -450,7 +451,7 @@ class EmailChannel:
             for raw_name in reply.attachments:
                 shown = parse.safe_name(raw_name, taken)
                 try:
-                    files.append((shown, _read_plain_file(raw_name, dir_fd)))
+                    files.append((shown, files_mod.read_plain_file(raw_name, dir_fd)))
                     taken.add(shown)
                 except (OSError, ValueError) as e:
                     notes.append(f"the file {shown} could not be attached: {e}")
@@ -569,15 +570,6 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _read_plain_file(name: str, dir_fd: int) -> bytes:
-    """A regular file directly in dir_fd: no path, no link."""
-    if not name or "/" in name or name in (".", "..") or "\x00" in name:
-        raise ValueError("not a plain file name")
-    fd = os.open(os.fsencode(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError("not a regular file")
-        return f.read()
 
 
 def message_key(raw: bytes) -> str:

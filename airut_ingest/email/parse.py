@@ -19,7 +19,6 @@ import bisect
 import email
 import email.policy
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -27,6 +26,7 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from markdownify import markdownify
 
 from airut_core.guard import Permanent
+from airut_ingest.files import safe_name
 
 QUOTE_REMOVED = "[quoted text removed]"
 AIRUT_MESSAGE_ID = re.compile(r"<airut\.([0-9a-f]{8})\.", re.IGNORECASE)
@@ -58,7 +58,6 @@ MAX_TEXT_CHARS = 1_000_000  # of the body, before any processing; the rest is cu
 MAX_HTML_DEPTH = 40  # markdownify recurses per level: deeper tags are unwrapped
 MAX_QUOTE_DEPTH = 8  # markdownify's work grows with the nesting of blockquotes
 MAX_HTML_TAGS = 50_000  # beyond this, plain text only (get_text is linear)
-MAX_NAME_BYTES = 200  # of an attachment's name in UTF-8 (file systems allow 255)
 MAX_SUBJECT_CHARS = 500
 MAX_REFERENCES = 30  # the newest ids of References are kept
 
@@ -365,25 +364,3 @@ def attachments(msg: EmailMessage, max_bytes: int, notes: list[str]) -> list[Att
     return saved
 
 
-def safe_name(raw: str, taken: set[str]) -> str:
-    """A plain file name: no directories, no hidden files, no control characters,
-    valid UTF-8, at most MAX_NAME_BYTES bytes (the extension is kept)."""
-    raw = LONE_SURROGATE.sub("\ufffd", raw[:4096])
-    name = unicodedata.normalize("NFC", raw).replace("\\", "/").split("/")[-1]
-    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
-    name = name.strip().lstrip(".").strip() or "attachment"
-    stem, dot, ext = name.rpartition(".")
-    stem, ext = (stem, f".{ext}") if dot and stem and len(ext) <= 16 else (name, "")
-    name = _fit(stem, ext, "")
-    n = 1
-    while name in taken:
-        name = _fit(stem, ext, f"-{n}")
-        n += 1
-    return name
-
-
-def _fit(stem: str, ext: str, suffix: str) -> str:
-    """stem + suffix + ext, the stem cut (at a character boundary) to fit the bytes."""
-    room = MAX_NAME_BYTES - len(f"{suffix}{ext}".encode())
-    cut = stem.encode()[:max(room, 1)].decode("utf-8", "ignore") or "attachment"
-    return f"{cut}{suffix}{ext}"

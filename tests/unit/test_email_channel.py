@@ -19,6 +19,7 @@ import pytest
 from airut_core import config, conversation
 from airut_core.conversation import Conversation
 from airut_core.records import ReplyRecord
+from airut_ingest import files
 from airut_ingest.email import compose, daemon, parse
 from airut_ingest.email.compose import Thread
 from airut_ingest.email.daemon import COMMITTED, PENDING, EmailChannel
@@ -357,7 +358,7 @@ def test_the_acknowledgment_is_sent_once(channel, outbox):
 
 def test_names_are_capped_in_bytes_and_keep_their_extension():
     name = parse.safe_name("\u6f22" * 90 + ".txt", set())
-    assert len(name.encode()) <= parse.MAX_NAME_BYTES and name.endswith(".txt")
+    assert len(name.encode()) <= files.MAX_NAME_BYTES and name.endswith(".txt")
     again = parse.safe_name("\u6f22" * 90 + ".txt", {name})
     assert again != name and again.endswith("-1.txt") and len(again.encode()) <= 200
 

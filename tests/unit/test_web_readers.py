@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from airut_core import cgroup
-from airut_web import charts, netlog, timeline
+from airut_core import cgroup, timeline
+from airut_web import charts, netlog
 from tests import webstate
 
 pytestmark = pytest.mark.unit

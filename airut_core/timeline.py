@@ -1,4 +1,5 @@
-"""The agent's actions, from its stream-json output in events.jsonl.
+"""The agent's actions, from its stream-json output in events.jsonl (the dashboard
+shows them; the Slack channel posts the plan).
 
 The output is **hostile**: the agent writes it, and can write anything into it. Every
 field is taken only with the right type, every text is cut (the page folds long ones),

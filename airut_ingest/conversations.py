@@ -1,10 +1,10 @@
-"""Which conversations a repository's mail may continue.
+"""Which conversations a repository's channel may continue (email and Slack alike).
 
-A conversation belongs to one repository (conversation.json says which). A mail
-that names another repository's conversation (by In-Reply-To, References or an
-[ID:...] tag) starts a new conversation instead, and the daemon logs it: being
-allowed to write to repository B's mailbox gives no way into repository A's
-workspace, session or history.
+A conversation belongs to one repository (conversation.json says which). A message
+that names another repository's conversation (a mail by In-Reply-To, References or
+an [ID:...] tag; a Slack thread by a map entry gone stale) starts a new conversation
+instead, and the daemon logs it: being allowed to write to repository B's mailbox or
+app gives no way into repository A's workspace, session or history.
 
 The channel chooses the id of a new conversation at intake, but the runner
 writes conversation.json only when the task starts. The id is reserved here
@@ -23,13 +23,14 @@ from pathlib import Path
 from airut_core import conversation, paths
 from airut_core.spool import fsync_dir
 
-logger = logging.getLogger("airut.email")
+logger = logging.getLogger("airut.ingest")
 RESERVATION_MAX_AGE = 30 * 86400  # a conversation.json exists long before this
 
 
-def home(state_dir: Path | str, repo_id: str) -> Path:
-    """The email channel's own state for one repository (markers, reservations)."""
-    return Path(state_dir) / "email" / repo_id
+def home(state_dir: Path | str, kind: str, repo_id: str) -> Path:
+    """A channel's own state for one repository (markers, reservations): its unit's
+    StateDirectory, /var/lib/airut/<kind>/<repo>."""
+    return Path(state_dir) / kind / repo_id
 
 
 class Conversations:
@@ -50,13 +51,13 @@ class Conversations:
         except FileNotFoundError:
             return None
         except Exception as e:  # unreadable to this user, or a conversation.json gone bad
-            logger.error("cannot read conversation %s (%s): mail naming it starts a new "
+            logger.error("cannot read conversation %s (%s): a message naming it starts a new "
                          "conversation", conversation_id, e)
             return None
         return conv.repo if conv else None
 
     def known(self, conversation_id: str) -> bool:
-        """May mail to this repository continue the conversation?"""
+        """May this repository's channel continue the conversation?"""
         return self.owner(conversation_id) == self.repo_id
 
     def reserve_new(self) -> str:
