@@ -1,11 +1,12 @@
 """airut-generator: the channel units the configuration defines (systemd.generator(7)).
 
 systemd runs it at boot and on every `systemctl daemon-reload` (which `airut reload`
-does). For each repository with an `email:` block it writes, into the generator
-directory:
-  airut.target.wants/airut-email@<repo>.service   the instance, started with airut.target
-  airut-email@<repo>.service.d/50-credentials.conf  LoadCredential= (or ...Encrypted=) for
-      exactly the secrets that block names, so the mail password reaches that unit only
+does). For each repository with an `email:` or a `slack:` block it writes, into the
+generator directory (KIND is email or slack):
+  airut.target.wants/airut-KIND@<repo>.service   the instance, started with airut.target
+  airut-KIND@<repo>.service.d/50-credentials.conf  LoadCredential= (or ...Encrypted=) for
+      exactly the secrets that block names, so the mail password or the Slack tokens
+      reach that unit only
 
 A generator, not a command that enables units: the instances follow the file itself,
 with nothing left behind in /etc when a repository goes and no step to forget after an
@@ -22,22 +23,27 @@ from airut_core import config as config_mod
 from airut_core import secrets
 
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
-TEMPLATE = "airut-email@.service"
+# Each channel: the template and which secrets of a repository its instance gets.
+CHANNELS = {"email": config_mod.email_secrets, "slack": config_mod.slack_secrets}
 
 
-def generate(cfg: config_mod.Config, out: Path, template: Path,
+def channels(cfg: config_mod.Config) -> list[tuple[str, str]]:
+    """(kind, repository) of every channel instance the configuration asks for."""
+    return [(kind, repo_id) for repo_id, repo in sorted(cfg.repos.items())
+            for kind in CHANNELS if getattr(repo, kind) is not None]
+
+
+def generate(cfg: config_mod.Config, out: Path, unit_dir: Path,
              credentials_dir: Path = secrets.CREDENTIALS_DIR) -> list[str]:
     """Write the units' links and drop-ins into out; returns the instances made."""
     made = []
-    for repo_id, repo in sorted(cfg.repos.items()):
-        if repo.email is None:
-            continue
-        unit = f"airut-email@{repo_id}.service"
+    for kind, repo_id in channels(cfg):
+        unit = f"airut-{kind}@{repo_id}.service"
         wants = out / "airut.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        (wants / unit).symlink_to(template)
+        (wants / unit).symlink_to(unit_dir / f"airut-{kind}@.service")
         lines = []
-        for name in config_mod.secret_names(cfg, config_mod.email_secrets(repo_id)):
+        for name in config_mod.secret_names(cfg, CHANNELS[kind](repo_id)):
             found = secrets.source(name, credentials_dir)
             if found:  # a missing one is the daemon's clear error at start, not systemd's
                 lines.append(f"{found[0]}={name}:{found[1]}")
@@ -45,17 +51,18 @@ def generate(cfg: config_mod.Config, out: Path, template: Path,
             dropin = out / f"{unit}.d"
             dropin.mkdir(parents=True, exist_ok=True)
             (dropin / "50-credentials.conf").write_text(
-                "# Written by airut-generator from the repository's email block.\n"
+                f"# Written by airut-generator from the repository's {kind} block.\n"
                 "[Service]\n" + "".join(f"{line}\n" for line in lines))
         made.append(unit)
     return made
 
 
-def find_template() -> Path:
+def find_unit_dir() -> Path:
+    """Where the package put the templates (/lib is /usr/lib on merged-/usr systems)."""
     for directory in UNIT_DIRS:
-        if (Path(directory) / TEMPLATE).exists():
-            return Path(directory) / TEMPLATE
-    return Path(UNIT_DIRS[1]) / TEMPLATE
+        if (Path(directory) / "airut-email@.service").exists():
+            return Path(directory)
+    return Path(UNIT_DIRS[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         # Seen in the journal at boot or reload; the generator must not fail the boot.
         print(f"airut-generator: no channel units: {e}", file=sys.stderr)
         return
-    generate(cfg, Path(args[0]), find_template())
+    generate(cfg, Path(args[0]), find_unit_dir())
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from airut_cli import generator
 from airut_cli.terminal import printable
 from airut_core import paths
 from airut_core import tasks as tasks_mod
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
 DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
-           "airut-runner.service", "airut-email@*.service", "airut-web.service",
+           "airut-runner.service", "airut-email@*.service", "airut-slack@*.service",
+           "airut-web.service",
            "airut-demo-model.service", "airut-housekeeping.timer")
 UNIT_FIELDS = ("Id", "ActiveState", "SubState", "Result", "NRestarts", "StatusText",
                "MemoryCurrent", "ActiveEnterTimestampMonotonic", "LoadState")
@@ -185,12 +187,13 @@ def reload(cfg: Config) -> list[str]:
     if _active("airut-runner.service"):
         systemctl("reload", "airut-runner.service")
         done.append("airut-runner re-read the configuration")
-    wanted = {f"airut-email@{r}.service" for r, repo in cfg.repos.items() if repo.email}
-    running = {u["Id"] for u in units("airut-email@*.service")
+    wanted = {f"airut-{kind}@{repo}.service" for kind, repo in generator.channels(cfg)}
+    running = {u["Id"] for u in units("airut-email@*.service", "airut-slack@*.service")
                if u["ActiveState"] in ("active", "activating", "reloading")}
     for unit in sorted(running - wanted):
         systemctl("stop", unit)
-        done.append(f"stopped {unit} (its repository has no email block now)")
+        kind = unit.split("@")[0].removeprefix("airut-")
+        done.append(f"stopped {unit} (its repository has no {kind} block now)")
     target_on = _active("airut.target")
     for unit in sorted(wanted):
         if unit in running:

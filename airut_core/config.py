@@ -95,6 +95,35 @@ class EmailConfig:
     retry_delay: Annotated[float, Range(min=0.1)] = 30.0  # first retry; doubles, max 1 h
 
 
+SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+
+
+@dataclass
+class SlackRule:
+    """One rule of slack.authorized: exactly one key (doc/slack-setup.md)."""
+
+    workspace_members: bool | None = None  # full members of the app's workspace
+    user_group: str | None = None  # a user group's handle, without @
+    user_id: Annotated[str, Match(SLACK_USER, "Slack user id")] | None = None
+
+
+@dataclass
+class SlackConfig:
+    bot_token: Annotated[str, Secret]  # xoxb-: the Web API
+    app_token: Annotated[str, Secret]  # xapp-: Socket Mode
+    authorized: list[SlackRule]  # ordered; the first rule that matches admits
+    # Channel ids the app answers in (empty: any channel it is invited to; DMs always).
+    allowed_channels: list[Annotated[str, Match(re.compile(r"^[CG][A-Z0-9]{2,20}$"),
+                                                "Slack channel id")]] = field(default_factory=list)
+    api_url: str = "https://slack.com/api/"  # the Web API (Enterprise Grid or a test double)
+    file_hosts: list[str] = field(default_factory=lambda: ["files.slack.com"])
+    max_file_bytes: Annotated[int, Size] = 100 << 20  # a file sent to the agent
+    cache_ttl: Annotated[float, Range(min=0)] = 300.0  # users and groups, seconds
+    retry_limit: Annotated[int, Range(min=1)] = 8  # attempts at a reply before quarantine
+    retry_delay: Annotated[float, Range(min=0.1)] = 10.0  # first retry; doubles, max 1 h
+    history_max: Annotated[int, Range(min=0, max=1000)] = 200  # earlier thread messages read
+
+
 @dataclass
 class RepoConfig:
     repo_url: str
@@ -107,6 +136,7 @@ class RepoConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     api_base_url: str | None = None  # this repository's model API, over agent.api_base_url
     email: EmailConfig | None = None  # the airut-email@<repo> channel
+    slack: SlackConfig | None = None  # the airut-slack@<repo> channel
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"
@@ -219,6 +249,11 @@ def email_secrets(repo_id: str) -> Unseal:
     return lambda key: key.startswith(f"repos.{repo_id}.email.")
 
 
+def slack_secrets(repo_id: str) -> Unseal:
+    """The Slack tokens of one repository: its airut-slack@ unit's only secrets."""
+    return lambda key: key.startswith(f"repos.{repo_id}.slack.")
+
+
 def task_secrets(key: str) -> bool:
     """What the runner hands to tasks (the agent's environment) and to the proxy
     (the real values behind masked secrets)."""
@@ -326,4 +361,25 @@ def parse(text: str, source: str) -> Config:
         if repo.email and not repo.email.authorized_senders:
             raise ConfigError(f"{source}: repos.{repo_id}.email.authorized_senders: must name "
                               "at least one sender (nobody could use the mailbox)")
+        if repo.slack:
+            _check_slack(source, repo_id, repo.slack)
     return config
+
+
+def _check_slack(source: str, repo_id: str, slack: SlackConfig) -> None:
+    where = f"{source}: repos.{repo_id}.slack"
+    if not slack.authorized:
+        raise ConfigError(f"{where}.authorized: must name at least one rule (nobody could "
+                          "use the app)")
+    for i, rule in enumerate(slack.authorized):
+        given = [k for k in ("workspace_members", "user_group", "user_id")
+                 if getattr(rule, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"{where}.authorized[{i}]: a rule has exactly one of "
+                              f"workspace_members, user_group, user_id (got {len(given)})")
+        if rule.workspace_members is False:
+            raise ConfigError(f"{where}.authorized[{i}]: workspace_members: false admits "
+                              "nobody; leave the rule out")
+    if not slack.api_url.endswith("/") or not slack.api_url.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.api_url: an http(s) URL ending in / "
+                          f"(got {slack.api_url!r})")

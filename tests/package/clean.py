@@ -239,8 +239,8 @@ class CleanGuest(Operator, Lab):
 
 
 # The users and groups the package makes (sysusers.d), as getent databases name them.
-ACCOUNTS = [("passwd", "airut-proxy"), ("passwd", "airut-email"), ("passwd", "airut-web"),
-            ("group", "airut"), ("group", "airut-ingest")]
+ACCOUNTS = [("passwd", "airut-proxy"), ("passwd", "airut-email"), ("passwd", "airut-slack"),
+            ("passwd", "airut-web"), ("group", "airut"), ("group", "airut-ingest")]
 # What `apt install` leaves before any configuration (Operator.installed_state): the
 # credentials root's own, the channels' incoming/ shared, the runner's active/ its
 # own, the conversations airut's; airut.target enabled but not the demo model, and
@@ -267,6 +267,10 @@ FORBIDDEN = [
     ("airut-email", ["cat", "/etc/airut/credentials/anthropic-api-key"]),
     ("airut-email", ["touch", "/var/spool/airut/active/forged.json"]),
     ("airut-email", ["ls", "/run/airut/policies"]),
+    ("airut-slack", ["cat", "/etc/airut/credentials/anthropic-api-key"]),
+    ("airut-slack", ["cat", "/etc/airut/credentials/mail-demo"]),
+    ("airut-slack", ["touch", "/var/spool/airut/active/forged.json"]),
+    ("airut-slack", ["touch", "/var/spool/airut/outgoing/forged.json"]),
     ("airut-proxy", ["ls", "/var/spool/airut/incoming"]),
     ("airut-proxy", ["ls", "/var/spool/airut/active"]),
     ("airut-proxy", ["cat", "/etc/airut/credentials/mail-demo"]),

@@ -126,7 +126,7 @@ def test_the_generator_makes_one_instance_per_email_block_with_only_its_secrets(
     cfg = config_mod.parse(CONFIG, "airut.yaml")
     out = tmp_path / "generator"
     template = Path("/usr/lib/systemd/system/airut-email@.service")
-    made = generator.generate(cfg, out, template, creds)
+    made = generator.generate(cfg, out, template.parent, creds)
     assert made == ["airut-email@alpha.service", "airut-email@beta.service"]
     wants = out / "airut.target.wants"
     assert sorted(p.name for p in wants.iterdir()) == made  # gamma has no email block
@@ -139,11 +139,31 @@ def test_the_generator_makes_one_instance_per_email_block_with_only_its_secrets(
     assert "api-key" not in alpha + beta and "ci-token" not in alpha + beta
 
 
+def test_the_generator_makes_a_slack_instance_with_only_the_slack_tokens(
+        creds: Path, tmp_path: Path) -> None:
+    (creds / "slack-bot").write_text("xoxb-1")
+    (creds / "slack-app").write_text("xapp-1")
+    text = CONFIG.replace("  gamma:\n    repo_url: /srv/git/gamma.git\n", (
+        "  gamma:\n    repo_url: /srv/git/gamma.git\n    slack:\n"
+        "      bot_token: !secret slack-bot\n      app_token: !secret slack-app\n"
+        "      authorized: [{workspace_members: true}]\n"))
+    cfg = config_mod.parse(text, "airut.yaml")
+    out = tmp_path / "generator"
+    made = generator.generate(cfg, out, Path("/usr/lib/systemd/system"), creds)
+    assert made == ["airut-email@alpha.service", "airut-email@beta.service",
+                    "airut-slack@gamma.service"]
+    link = out / "airut.target.wants/airut-slack@gamma.service"
+    assert os.readlink(link) == "/usr/lib/systemd/system/airut-slack@.service"
+    conf = (out / "airut-slack@gamma.service.d/50-credentials.conf").read_text()
+    assert conf.splitlines()[2:] == [f"LoadCredential=slack-app:{creds}/slack-app",
+                                     f"LoadCredential=slack-bot:{creds}/slack-bot"]
+
+
 def test_the_generator_leaves_out_a_missing_secret_for_the_daemon_to_name(
         creds: Path, tmp_path: Path) -> None:
     cfg = config_mod.parse(CONFIG, "airut.yaml")
     out = tmp_path / "generator"
-    generator.generate(cfg, out, Path("/x/airut-email@.service"), creds)
+    generator.generate(cfg, out, Path("/x"), creds)
     assert (out / "airut.target.wants/airut-email@beta.service").is_symlink()
     assert not (out / "airut-email@beta.service.d").exists()
 
