@@ -4,8 +4,16 @@ import os
 
 import pytest
 
+from tests.slackfake import APP_TOKEN, BOT_TOKEN
 from tests.system.lab import Lab, base_config
 
+SLACK_PORT = 8097
+SLACK_HOST = f"127.0.0.1:{SLACK_PORT}"
+
+SLACK = {"bot_token": BOT_TOKEN, "app_token": APP_TOKEN,
+         "authorized": [{"workspace_members": True}],
+         "api_url": f"http://{SLACK_HOST}/api/", "file_hosts": [SLACK_HOST],
+         "retry_delay": 0.5}
 LIMITED = {"resource_limits": {"memory": "320M", "timeout": 10, "cpus": 1.0, "pids_limit": 256}}
 
 
@@ -36,6 +44,8 @@ def lab():
                      "username": "airut@corp.test", "password": "airut-pass",
                      "ca_file": "/etc/airut/lab-tls/ca.pem"},
             "retry_delay": 1}},
+        # The Slack app (tests/slackfake.py, listening on the guest's loopback).
+        chat={"slack": SLACK},
         open={"network": {"sandbox": False}, "masked_secrets": {},
               "secrets": {"ANTHROPIC_API_KEY": "sk-ant-plain-open-key"},
               "api_base_url": "http://host.containers.internal:8765"}))

@@ -85,6 +85,32 @@ class Forward:
         self.listener.close()
 
 
+def listen_in(leader_pid: str, port: int) -> socket.socket:
+    """A listening socket on the guest's loopback, for a server that runs here (the
+    fake Slack): made by a thread that joined the guest's network namespace, it stays
+    in that namespace, and the thread ends."""
+    made: queue.Queue = queue.Queue()
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/proc/{leader_pid}/ns/net", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns into the guest's network namespace")
+            finally:
+                os.close(fd)
+            made.put(socket.create_server(("127.0.0.1", port)))
+        except BaseException as e:
+            made.put(e)
+
+    threading.Thread(target=make, daemon=True).start()
+    sock = made.get(timeout=10)
+    if isinstance(sock, BaseException):
+        raise sock
+    return sock
+
+
 def _pump(src: socket.socket, dst: socket.socket) -> None:
     try:
         while data := src.recv(65536):
