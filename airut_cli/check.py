@@ -63,6 +63,11 @@ def run(config_path: str | None, offline: bool = False) -> Iterator[Line]:
                         lambda repo=repo: _imap(repo.email))
             yield _line(f"email {repo_id}: SMTP {repo.email.smtp.host}",
                         lambda repo=repo: _smtp(repo.email))
+        if repo.slack:
+            yield _line(f"slack {repo_id}: bot token", lambda repo=repo: _slack(
+                repo.slack, "bot_token"))
+            yield _line(f"slack {repo_id}: app token", lambda repo=repo: _slack(
+                repo.slack, "app_token"))
 
 
 def _line(name: str, probe: Callable[[], str]) -> Line:
@@ -194,6 +199,23 @@ def _repository(url: str) -> str:
 def _last(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[-1] if lines else "no message"
+
+
+def _slack(slack: config_mod.SlackConfig, token: str) -> str:
+    from slack_sdk.errors import SlackApiError
+
+    from airut_ingest.slack import api
+
+    if isinstance(getattr(slack, token), secrets.Sealed):
+        raise Skipped(f"the {token.replace('_', ' ')} cannot be read (see its secret above)")
+    try:
+        return (api.check_bot if token == "bot_token" else api.check_app)(slack, TIMEOUT)
+    except SlackApiError as e:
+        raise Failed(f"{slack.api_url}: {api.describe(e)}") from None
+    except ValueError as e:
+        raise Failed(str(e)) from None
+    except OSError as e:
+        raise Failed(f"{slack.api_url}: cannot reach Slack's API ({e})") from None
 
 
 def _imap(email: config_mod.EmailConfig) -> str:

@@ -225,7 +225,8 @@ class State:
         for u in units:
             if u.failed:
                 reasons.append(f"{u.name} failed ({u.result or 'no result'})")
-            elif u.name.startswith("airut-email@") and u.status.startswith("degraded"):
+            elif u.name.startswith(("airut-email@", "airut-slack@")) and \
+                    u.status.startswith("degraded"):
                 reasons.append(f"{u.name} is degraded: {u.status}")
         for stage, n in sorted(depths.items()):
             if stage.startswith("failed/") and n:

@@ -69,6 +69,9 @@ class FakeSlack:
         self.failures: dict[str, list[tuple[int, str | None, float | None]]] = {}
         self.pending: dict[str, Pending] = {}
         self.connections = 0
+        self.scopes = ["app_mentions:read", "assistant:write", "channels:history",
+                       "chat:write", "files:read", "files:write", "groups:history",
+                       "im:history", "reactions:write", "usergroups:read", "users:read"]
         self.lose_acks = 0  # acks to drop on the floor (the client's ack lost on the way)
         self._tickets: set[str] = set()
         self._ts = itertools.count(1)
@@ -294,7 +297,8 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response(handler(args))
+        headers = {"X-OAuth-Scopes": ",".join(self.scopes)} if token == BOT_TOKEN else {}
+        return web.json_response(handler(args), headers=headers)
 
     # Web API methods: args -> the answer.
 

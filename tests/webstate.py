@@ -66,7 +66,9 @@ def config(root: Path) -> config_mod.Config:
         f"paths: {{spool: {root}/spool, state: {root}/state}}\n"
         "repos:\n  demo: {repo_url: x, email: {address: airut@corp.test, imap: {host: mx, "
         "username: u, password: !secret mail}, smtp: {host: mx}, trusted_authserv_id: mx, "
-        "authorized_senders: ['*@corp.test']}}\n  other: {repo_url: y}\n", "airut.yaml")
+        "authorized_senders: ['*@corp.test']}}\n"
+        "  other: {repo_url: y, slack: {bot_token: !secret b, app_token: !secret a, "
+        "authorized: [{workspace_members: true}]}}\n", "airut.yaml")
 
 
 def add_finished(state_dir: Path, cid: str, repo: str, tasks: list[tuple[str, datetime, str,

@@ -22,6 +22,12 @@ from airut_core.config import SlackConfig
 
 TIMEOUT = 30.0
 CHUNK = 1 << 16
+# What the app does with each: read DMs, mentions and threads it is in, look people
+# and groups up, answer and react, move files, show the DM status. The manifest in
+# doc/slack-setup.md asks for exactly these.
+SCOPES = ("app_mentions:read", "assistant:write", "channels:history", "chat:write",
+          "files:read", "files:write", "groups:history", "im:history", "reactions:write",
+          "usergroups:read", "users:read")
 
 
 class FileRefused(Exception):
@@ -43,6 +49,30 @@ def call(web: WebClient, method: str, **args: Any) -> dict:
     response = web.api_call(method, http_verb="GET", params=args)
     data = response.data
     return data if isinstance(data, dict) else {}
+
+
+def check_bot(cfg: SlackConfig, timeout: float = 20) -> str:
+    """auth.test with the bot token, and the scopes it was granted (`airut check`)."""
+    web = WebClient(token=str(cfg.bot_token), base_url=cfg.api_url, timeout=timeout)
+    answer = web.auth_test()
+    headers = {k.lower(): v for k, v in (answer.headers or {}).items()}
+    granted = headers.get("x-oauth-scopes")
+    granted = granted[0] if isinstance(granted, list) and granted else granted
+    who = f"bot {answer.get('user')} ({answer.get('user_id')}) in {answer.get('team')}"
+    if not isinstance(granted, str):
+        return f"{who}; Slack did not list the token's scopes"
+    missing = sorted(set(SCOPES) - {g.strip() for g in granted.split(",")})
+    if missing:
+        raise ValueError(f"{who} lacks the scope(s) {', '.join(missing)}: add them to the "
+                         "app (doc/slack-setup.md) and reinstall it to the workspace")
+    return f"{who}, all {len(SCOPES)} scopes"
+
+
+def check_app(cfg: SlackConfig, timeout: float = 20) -> str:
+    """The app token opens a Socket Mode connection (the URL is not used)."""
+    web = WebClient(base_url=cfg.api_url, timeout=timeout)
+    web.apps_connections_open(app_token=str(cfg.app_token))
+    return "Socket Mode connections can be opened"
 
 
 def retry_after(error: Exception) -> float | None:

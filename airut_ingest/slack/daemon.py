@@ -44,7 +44,7 @@ from airut_ingest.slack.progress import Progress
 logger = logging.getLogger("airut.slack")
 
 CHUNK = 5.0  # seconds per wait: stop and the watchdog stay responsive
-BACKOFF_MAX = 300.0
+BACKOFF_MAX = 60.0  # Slack back: connected again within a minute
 MARKER_MAX_AGE = 30 * 86400
 GUARD_LIMIT = 3
 GREETING = ("Hi! I work on the repository *{repo}*. Tell me what to do; I answer in this "
@@ -152,7 +152,9 @@ class SlackChannel:
 
     def handle(self, kind: str, payload: Any, retry: int | None = None) -> bool:
         """Decide about one envelope; True when it may be acknowledged."""
-        if kind != "events_api" or self.intake is None:
+        if self.intake is None:
+            return False  # not yet ready (cannot happen: the socket opens after identify)
+        if kind != "events_api":
             logger.info("envelope of type %r: not used by airut", str(kind)[:40])
             return True
         try:
@@ -266,8 +268,11 @@ class SlackChannel:
 
     def janitor(self) -> None:
         now = time.time()
-        for sub in ("seen", "greeted", "plans", "guard-receive", "guard-send"):
-            directory = self.home / sub
+        # A thread's entry is touched whenever it is used: one idle for the markers'
+        # age goes, and a mention engages the thread again.
+        for directory in (*(self.home / sub for sub in (
+                "seen", "threads", "greeted", "plans", "guard-receive", "guard-send")),
+                self.deferred.path / "intake"):
             for entry in directory.iterdir() if directory.is_dir() else []:
                 try:
                     if now - entry.stat().st_mtime > MARKER_MAX_AGE:
@@ -326,3 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             channel.janitor()
             last_janitor = time.monotonic()
     notifier.notify("STOPPING=1")
+
+
+if __name__ == "__main__":
+    main()

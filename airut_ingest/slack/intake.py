@@ -125,10 +125,17 @@ class Intake:
             self.write_marker(msg.key, {"state": REFUSED, "reason": verdict.reason})
             return Taken(REFUSED)
         conversation = known.get("conversation_id") if known else None
-        if conversation and not self.conversations.known(conversation):
-            logger.warning("thread %s:%s names conversation %s, which is not one of "
-                           "repository %s: it starts a new conversation", msg.channel,
-                           msg.thread, conversation, self.repo_id)
+        if isinstance(conversation, str) and not self.conversations.known(conversation):
+            owner = self.conversations.owner(conversation)
+            if owner is None:
+                logger.info("thread %s:%s: its conversation %s is gone (expired); a new "
+                            "one starts", msg.channel, msg.thread, conversation)
+            else:
+                logger.warning("thread %s:%s names conversation %s of repository %s, not "
+                               "of %s: a new conversation starts", msg.channel, msg.thread,
+                               conversation, owner, self.repo_id)
+            conversation = None
+        elif not isinstance(conversation, str):
             conversation = None
         new = conversation is None
         if new:
@@ -215,7 +222,7 @@ class Intake:
                          limit=min(self.cfg.history_max + 1, 1000))
         found = [m for m in data.get("messages") or [] if isinstance(m, dict)
                  and isinstance(m.get("ts"), str) and m["ts"] != msg.ts
-                 and _ts_before(m["ts"], msg.ts)]
+                 and _ts_before(m["ts"], msg.ts) and m.get("user") != self.bot_user]
         return found[-self.cfg.history_max:]
 
     def preamble(self, history: list[dict]) -> str:
@@ -270,6 +277,7 @@ class Intake:
         path = self.threads / f"{_digest(f'{channel}:{thread_ts}')}.json"
         current = _read_json(path)
         if current and current.get("conversation_id") == conversation:
+            os.utime(path)  # in use: the janitor removes entries by age
             return
         write_atomic(path, json.dumps({"channel": channel, "thread_ts": thread_ts,
                                        "conversation_id": conversation,

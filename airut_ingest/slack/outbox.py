@@ -21,6 +21,7 @@ from pathlib import Path
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from airut_core.guard import Permanent
 from airut_core.records import ReplyRecord
 from airut_core.spool import RecordError, Stage, utc_now
 from airut_ingest import files as files_mod
@@ -50,10 +51,14 @@ class Outbox:
         """outgoing/NAME -> deferred/NAME, with what it takes to send it."""
         try:
             reply = ReplyRecord.from_dict(self.outgoing.read(name), f"{self.channel}/{name}")
+            delivery = None if self.deferred.exists(name) else \
+                delivery_of(name, reply, self.outgoing.path)
         except FileNotFoundError:
             return
-        if not self.deferred.exists(name):
-            self.deferred.put(name, delivery_of(name, reply, self.outgoing.path))
+        except (RecordError, ValueError) as e:  # nothing to send, or nowhere to send it
+            raise Permanent(str(e)) from e
+        if delivery is not None:
+            self.deferred.put(name, delivery)
         files = self.outgoing.path / f"{name}.files"
         if files.exists():
             target = self.deferred.path / f"{name}.files"

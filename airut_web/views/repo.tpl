@@ -20,9 +20,10 @@
 <section>
   <h2>Channels</h2>
   <table>
-  % if repo.email:
-  <tr><td>email</td><td>{{repo.email.address}}</td>
-  % units = [u for u in r["units"] if u.name.startswith("airut-email@")]
+  % for kind, shown in (("email", repo.email.address if repo.email else ""), ("slack", "Slack app (Socket Mode)")):
+  % if getattr(repo, kind):
+  <tr><td>{{kind}}</td><td>{{shown}}</td>
+  % units = [u for u in r["units"] if u.name.startswith(f"airut-{kind}@")]
   <td>
   % for u in units:
   <span class="badge {{'bad' if u.failed else 'ok' if u.active == 'active' else 'muted'}}">{{u.active}}</span> {{short(u.status, 120)}}
@@ -31,6 +32,7 @@
   <span class="badge muted">not loaded</span>
   % end
   </td></tr>
+  % end
   % end
   <tr><td>local</td><td>airut submit</td><td></td></tr>
   </table>

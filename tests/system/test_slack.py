@@ -24,7 +24,9 @@ ALICE = "U0ALICE"
 def slack(lab):
     fake = FakeSlack(sock=listen_in(lab.leader, SLACK_PORT), ack_timeout=3)
     fake.add_user(ALICE, "Alice")
-    lab.guest("systemctl", "start", UNIT)
+    # restart: airut.target (started by other tests) may run it already, backing off
+    # from a Slack that was not there yet.
+    lab.guest("systemctl", "restart", UNIT)
     wait_until(lambda: fake.connections, 30, "the daemon's Socket Mode connection")
     yield fake
     lab.guest("systemctl", "stop", UNIT, check=False)
@@ -171,3 +173,45 @@ def test_a_reply_due_during_a_slack_outage_arrives_after_it(lab, slack):
     assert len(failed) == 4
     journal = lab.journal("-u", UNIT)
     assert "cannot deliver reply" in journal and "service_unavailable" in journal
+
+
+def test_a_mention_mid_thread_brings_the_earlier_messages(lab, slack):
+    slack.add_user("U0BOB", "Bob")
+    marker = lab.scenario("slack-history", [say("seen: {prompt}")])
+    top = slack.message("C0HIST", ALICE, "the nightly build is red")
+    slack.message("C0HIST", "U0BOB", "since <@U0ALICE>'s merge, I think",
+                  thread_ts=top["ts"])
+    ask = slack.message("C0HIST", ALICE, f"<@{BOT_USER}> {marker} why?",
+                        thread_ts=top["ts"], kind="app_mention")
+    slack.push(ask)
+    [answer] = reply_in(slack, "C0HIST", top["ts"])
+    assert "Alice: the nightly build is red" in answer["text"]
+    assert "Bob: since @Alice's merge, I think" in answer["text"]
+
+
+def test_guests_bots_and_other_workspaces_get_no_task(lab, slack):
+    slack.add_user("U0GUEST", "Gus", is_restricted=True)
+    slack.add_user("U0EXT", "Ext", team="T0ELSE")
+    marker = lab.scenario("slack-refused", [say("should not run")])
+    for user, extra in (("U0GUEST", {}), ("U0EXT", {}), (ALICE, {"bot_id": "B0OTHER"})):
+        slack.push(slack.message(f"D0R{user[2:]}", user, f"{marker} let me in", **extra))
+    journal = wait_until(lambda: (j := lab.journal("-u", UNIT)).count("refused message") >= 2
+                         and j, 20, "the refusals in the journal")
+    assert "user U0GUEST matches no rule" in journal
+    assert "user U0EXT is of another workspace (T0ELSE)" in journal
+    time.sleep(3)
+    assert not any(slack.bot_messages(f"D0R{u[2:]}", m["ts"])
+                   for u in ("U0GUEST", "U0EXT", ALICE)
+                   for m in slack.messages.get(f"D0R{u[2:]}", []))
+    assert not [r for r in lab.model_requests() if "let me in" in json.dumps(r)]
+
+
+def test_a_50000_character_answer_arrives_whole_in_parts(lab, slack):
+    paragraphs = "\n\n".join(f"part {i:03d} " + "z" * 990 for i in range(50))
+    marker = lab.scenario("slack-long", [say(paragraphs)])
+    msg = slack.message("D0LONG", ALICE, f"{marker} write a lot")
+    slack.push(msg)
+    parts = reply_in(slack, "D0LONG", msg["ts"], count=2)
+    assert all(len(p["text"]) <= 40_000 for p in parts)
+    text = "".join(p["text"] for p in parts)
+    assert [f"part {i:03d}" in text for i in range(50)] == [True] * 50

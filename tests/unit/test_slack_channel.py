@@ -401,3 +401,18 @@ def test_the_plan_is_posted_once_and_updated_in_place(lab, fake, tmp_path):
     status = [c.args.get("status") for c in fake.calls_of("assistant.threads.setStatus")]
     assert status[0] and status[-1] == ""  # shown while preparing, cleared once running
     assert channel.progress.status_set == set()
+
+
+def test_airut_check_logs_in_with_both_tokens_and_names_missing_scopes(lab, fake):
+    from airut_cli import check
+
+    slack = lab.cfg.repos["demo"].slack
+    assert check._line("bot", lambda: check._slack(slack, "bot_token")).detail == (
+        f"bot airut ({BOT_USER}) in airut-test, all 11 scopes")
+    assert check._line("app", lambda: check._slack(slack, "app_token")).ok
+    fake.scopes.remove("reactions:write")
+    line = check._line("bot", lambda: check._slack(slack, "bot_token"))
+    assert not line.ok and "lacks the scope(s) reactions:write" in line.detail
+    slack.app_token = "xapp-wrong"
+    line = check._line("app", lambda: check._slack(slack, "app_token"))
+    assert not line.ok and "invalid_auth" in line.detail

@@ -265,6 +265,19 @@ def test_health_turns_degraded_on_a_failed_unit_or_a_quarantined_record(built, w
     assert "is degraded" in json.loads(web.get("/api/health")[2])["reasons"][0]
 
 
+def test_a_degraded_slack_channel_shows_on_its_repository_and_in_health(built, web):
+    web.state.units.listed.append(UnitState(
+        "airut-slack@other.service", "active", "running",
+        status="degraded: the Socket Mode connection is down"))
+    web.state.units._cache.clear()
+    status, _, page = web.get("/repo/other")
+    assert status == 200 and "Slack app (Socket Mode)" in page
+    assert "the Socket Mode connection is down" in page
+    reasons = json.loads(web.get("/api/health")[2])["reasons"]
+    assert reasons == ["airut-slack@other.service is degraded: "
+                       "degraded: the Socket Mode connection is down"]
+
+
 # -- live -----------------------------------------------------------------------------
 
 
