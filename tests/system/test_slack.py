@@ -105,8 +105,7 @@ def test_a_channel_mention_engages_and_a_plain_follow_up_continues(lab, slack):
 def test_reactions_and_the_dm_status_follow_the_task(lab, slack):
     """👀 while it waits and runs, the DM's "is working" status only while it is
     prepared (cleared once it runs, so the composer is free for follow-ups), ✅ at the
-    end. (The live plan needs TodoWrite events, which the pinned Claude Code does not
-    emit in print mode: tests/unit/test_slack_channel.py writes them itself.)"""
+    end. (The plan: the last test.)"""
     marker = lab.scenario("slack-progress", [bash("sleep 4"), say("progress done")])
     msg = slack.message("D0PROG", ALICE, f"{marker} show progress")
     slack.push(msg)
@@ -215,3 +214,43 @@ def test_a_50000_character_answer_arrives_whole_in_parts(lab, slack):
     assert all(len(p["text"]) <= 40_000 for p in parts)
     text = "".join(p["text"] for p in parts)
     assert [f"part {i:03d}" in text for i in range(50)] == [True] * 50
+
+
+def test_the_plan_is_read_as_the_daemon_s_user_and_updated_in_place(lab, slack):
+    """The pinned Claude Code emits no TodoWrite in print mode, so this test adds the
+    events to the running task's output itself: what it shows is that airut-slack, as
+    its own user, reads the runner's claimed record and the conversation's output
+    through the permissions the package sets, and keeps one message up to date."""
+    marker = lab.scenario("slack-plan", [bash("sleep 10"), say("planned")])
+    msg = slack.message("D0PLAN", ALICE, f"{marker} plan")
+    slack.push(msg)
+
+    def running() -> dict | None:
+        for path in (lab.spool / "active").glob("*.json"):
+            record = json.loads(path.read_text())
+            if msg["ts"] in record.get("reply_to", "") and record.get("state", {}).get("unit"):
+                return record
+        return None
+
+    record = wait_until(running, 60, "the task running")
+    events = lab.conversation_dir(record["conversation_id"]) / "events.jsonl"
+
+    def todo(*items: tuple[str, str]) -> None:
+        line = {"type": "assistant", "message": {"content": [{
+            "type": "tool_use", "id": "toolu_plan", "name": "TodoWrite",
+            "input": {"todos": [{"content": c, "status": s, "activeForm": c}
+                                for c, s in items]}}]}}
+        with events.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    todo(("read the code", "in_progress"), ("answer", "pending"))
+    plan = wait_until(lambda: [m for m in slack.bot_messages("D0PLAN", msg["ts"])
+                               if m["text"].startswith("*Plan*")], 20, "the plan")[0]
+    assert plan["text"] == "*Plan*\n🔄 read the code\n⚪ answer"
+    todo(("read the code", "completed"), ("answer", "in_progress"))
+    wait_until(lambda: plan["text"] == "*Plan*\n✅ read the code\n🔄 answer", 20,
+               "the plan updated in place")
+    [answer] = reply_in(slack, "D0PLAN", msg["ts"])
+    assert answer["text"].startswith("planned")
+    assert len([m for m in slack.bot_messages("D0PLAN", msg["ts"])
+                if m["text"].startswith("*Plan*")]) == 1
