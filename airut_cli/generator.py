@@ -8,6 +8,10 @@ generator directory (KIND is email or slack):
       exactly the secrets that block names, so the mail password or the Slack tokens
       reach that unit only
 
+and for each enabled schedule (repos.<id>.schedules.<name>):
+  airut-schedule@<repo>--<name>.timer   its OnCalendar= lines (cron translated), linked
+      from airut.target.wants; it starts airut-schedule@<repo>--<name>.service
+
 A generator, not a command that enables units: the instances follow the file itself,
 with nothing left behind in /etc when a repository goes and no step to forget after an
 edit; and systemd reads it before it starts anything. A configuration that does not
@@ -54,6 +58,42 @@ def generate(cfg: config_mod.Config, out: Path, unit_dir: Path,
                 f"# Written by airut-generator from the repository's {kind} block.\n"
                 "[Service]\n" + "".join(f"{line}\n" for line in lines))
         made.append(unit)
+    made += generate_timers(cfg, out)
+    return made
+
+
+def generate_timers(cfg: config_mod.Config, out: Path) -> list[str]:
+    """One timer per enabled schedule, started with airut.target; a schedule whose
+    calendar systemd refuses is left out, said on stderr (the journal at boot)."""
+    from airut_cli import schedule  # only here: the generator's common path stays small
+
+    made = []
+    for repo_id, repo in sorted(cfg.repos.items()):
+        for name in sorted(repo.schedules):
+            one = config_mod.Config(repos={repo_id: config_mod.RepoConfig(
+                repo_url=repo.repo_url, schedules={name: repo.schedules[name]})})
+            try:
+                found = schedule.timers(one)
+            except ValueError as e:
+                print(f"airut-generator: schedule {name} of {repo_id}: {e}", file=sys.stderr)
+                continue
+            for timer in found:
+                unit = f"airut-schedule@{timer.instance}.timer"
+                out.mkdir(parents=True, exist_ok=True)
+                (out / unit).write_text(
+                    f"# Written by airut-generator from repos.{repo_id}.schedules.{name}.\n"
+                    "[Unit]\n"
+                    f"Description=airut schedule {name} of repository {repo_id}\n"
+                    "Documentation=file:///usr/share/doc/airut/schedules.md\n"
+                    "PartOf=airut.target\n\n"
+                    "[Timer]\n"
+                    + "".join(f"OnCalendar={line}\n" for line in timer.calendar)
+                    + f"Persistent={'yes' if timer.persistent else 'no'}\n"
+                    "AccuracySec=1s\n")
+                wants = out / "airut.target.wants"
+                wants.mkdir(parents=True, exist_ok=True)
+                (wants / unit).symlink_to(out / unit)
+                made.append(unit)
     return made
 
 

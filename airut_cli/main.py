@@ -95,6 +95,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="passed to npm install after --, e.g. -- --offline "
                         "--cache /srv/npm-cache")
 
+    p = sub.add_parser("schedule", help="scheduled tasks (doc/schedules.md)")
+    schedule_sub = p.add_subparsers(dest="schedule_command", required=True)
+    schedule_sub.add_parser("list", parents=[common],
+                            help="every schedule and its calendar (systemctl list-timers "
+                                 "'airut-schedule@*' shows the next runs)")
+    p = schedule_sub.add_parser("fire", parents=[common],
+                                help="queue a schedule's task now (what its timer runs)")
+    p.add_argument("schedule", help="<repo>--<name>")
+
     p = sub.add_parser("email", help="the email channel")
     email_sub = p.add_subparsers(dest="email_command", required=True)
     p = email_sub.add_parser("check", parents=[common],
@@ -286,7 +295,26 @@ def cmd_email(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from airut_cli import schedule
+    from airut_core import log
+
+    cfg = config_mod.load(args.config)
+    if args.schedule_command == "fire":
+        log.setup("airut-schedule")
+        print(schedule.fire(cfg, args.schedule))
+        return 0
+    for timer in schedule.timers(cfg):
+        print(f"{timer.instance}: " + "; ".join(timer.calendar)
+              + (" (missed runs caught up)" if timer.persistent else ""))
+    disabled = [f"{r}--{n}" for r, repo in sorted(cfg.repos.items())
+                for n, s in sorted(repo.schedules.items()) if not s.enable]
+    for name in disabled:
+        print(f"{name}: disabled")
+    return 0
+
+
 COMMANDS = {"submit": cmd_submit, "wait": cmd_wait, "stop": cmd_stop,
             "check-config": cmd_check_config, "email": cmd_email, "check": cmd_check,
             "reload": cmd_reload, "status": cmd_status, "tasks": cmd_tasks, "logs": cmd_logs,
-            "setup": cmd_setup}
+            "setup": cmd_setup, "schedule": cmd_schedule}

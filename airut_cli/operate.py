@@ -25,7 +25,7 @@ from airut_core.config import CLAUDE_CODE_VERSION, Config
 
 DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
            "airut-runner.service", "airut-email@*.service", "airut-slack@*.service",
-           "airut-web.service",
+           "airut-web.service", "airut-schedule@*.timer",
            "airut-demo-model.service", "airut-housekeeping.timer")
 UNIT_FIELDS = ("Id", "ActiveState", "SubState", "Result", "NRestarts", "StatusText",
                "MemoryCurrent", "ActiveEnterTimestampMonotonic", "LoadState")
@@ -35,8 +35,10 @@ NPM_PACKAGE = "@anthropic-ai/claude-code"
 # -- systemd -------------------------------------------------------------------------
 
 
-def units(*patterns: str, all_units: bool = False) -> list[dict[str, str]]:
-    """systemctl show for the loaded units matching the patterns."""
+def units(*patterns: str, all_units: bool = False, loaded_only: bool = True
+          ) -> list[dict[str, str]]:
+    """systemctl show for the loaded units matching the patterns (with loaded_only off,
+    also those whose file is gone but which still run: a generator stopped making it)."""
     listed = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend",
                              *(["--all"] if all_units else []), *patterns],
                             capture_output=True, text=True, timeout=30).stdout
@@ -48,7 +50,7 @@ def units(*patterns: str, all_units: bool = False) -> list[dict[str, str]]:
     found = []
     for block in shown.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if props.get("LoadState") == "loaded":
+        if props.get("LoadState") == "loaded" or not loaded_only:
             found.append(props)
     return found
 
@@ -181,7 +183,12 @@ def task_units(cfg: Config, task: str) -> list[str]:
 
 def reload(cfg: Config) -> list[str]:
     """Apply the configuration: channels follow it, running tasks are left alone."""
-    done = []
+    from airut_cli import schedule
+
+    timers = {f"airut-schedule@{t.instance}.timer" for t in schedule.timers(cfg)}
+    # Timers of schedules that are gone are stopped while their files still exist: a
+    # timer whose file a reload removes fails ("unit to trigger vanished").
+    done = _stop_timers(timers)
     systemctl("daemon-reload")  # the generator makes the channel units again
     done.append("systemd re-read the units (airut-generator ran)")
     if _active("airut-runner.service"):
@@ -202,9 +209,43 @@ def reload(cfg: Config) -> list[str]:
         elif target_on:
             systemctl("start", unit)
             done.append(f"started {unit}")
+    done += _start_timers(timers, target_on)
     if not target_on:
         done.append("airut.target is not running: `systemctl enable --now airut.target` "
                     "starts everything")
+    return done
+
+
+def _timer_states() -> dict[str, str]:
+    return {u["Id"]: u["ActiveState"] for u in units("airut-schedule@*.timer", all_units=True,
+                                                      loaded_only=False)}
+
+
+def _stop_timers(wanted: set[str]) -> list[str]:
+    done = []
+    for unit, state in sorted(_timer_states().items()):
+        if unit in wanted:
+            continue
+        if state in ("active", "activating"):
+            systemctl("stop", unit)
+            done.append(f"stopped {unit} (its schedule is gone or disabled)")
+        elif state == "failed":
+            systemctl("reset-failed", unit)
+    return done
+
+
+def _start_timers(wanted: set[str], target_on: bool) -> list[str]:
+    """The schedules' timers (re)started, so a changed calendar takes effect; a run in
+    progress (the service) is left alone."""
+    done = []
+    states = _timer_states()
+    for unit in sorted(wanted):
+        if states.get(unit) in ("active", "activating"):
+            systemctl("restart", unit)
+            done.append(f"restarted {unit}")
+        elif target_on:
+            systemctl("start", unit)
+            done.append(f"started {unit}")
     return done
 
 

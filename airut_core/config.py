@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from airut_core import paths, schema, secrets
+from airut_core import paths, schedule, schema, secrets
 from airut_core.sandbox import CIDR, NETWORK_LOG_MAX_BYTES
 from airut_core.schema import EnvRef, Match, OneOf, Range, Secret, Size
 from airut_core.secrets import Sealed, SecretRef
@@ -125,6 +125,32 @@ class SlackConfig:
 
 
 @dataclass
+class Delivery:
+    """Where a scheduled task's answer goes: a new mail, or a new Slack message."""
+
+    channel: Annotated[str, OneOf(("email", "slack"))]
+    to: str  # email: an address; slack: a channel id
+
+
+@dataclass
+class ScheduleConfig:
+    """repos.<id>.schedules.<name>: a task that starts by itself (doc/schedules.md)."""
+
+    deliver: Delivery
+    cron: str | None = None  # five fields, translated into calendar lines
+    on_calendar: str | None = None  # systemd's calendar syntax
+    timezone: str | None = None  # IANA name; DST-aware (systemd computes the times)
+    enable: bool = True
+    catch_up: bool = False  # Persistent=: a run missed while the host was off runs at boot
+    prompt: str | None = None
+    trigger_command: str | None = None  # script mode: its output becomes the prompt
+    trigger_timeout: Annotated[int, Range(min=1)] = 300
+    output_limit: Annotated[int, Size, Range(min=1)] = 100 << 10
+    model: str | None = None
+    effort: Annotated[str, OneOf(("low", "medium", "high", "max"))] | None = None
+
+
+@dataclass
 class RepoConfig:
     repo_url: str
     model: str = "sonnet"
@@ -137,6 +163,8 @@ class RepoConfig:
     api_base_url: str | None = None  # this repository's model API, over agent.api_base_url
     email: EmailConfig | None = None  # the airut-email@<repo> channel
     slack: SlackConfig | None = None  # the airut-slack@<repo> channel
+    schedules: dict[Annotated[str, Match(schedule.NAME, "schedule name (a-z, 0-9, _ -)")],
+                    ScheduleConfig] = field(default_factory=dict)
     # Dockerfile and build context, read from the default branch of the repository.
     container_path: Annotated[str, Match(RELATIVE_PATH, "relative path inside the "
                                          "repository")] = ".airut/container"
@@ -363,7 +391,43 @@ def parse(text: str, source: str) -> Config:
                               "at least one sender (nobody could use the mailbox)")
         if repo.slack:
             _check_slack(source, repo_id, repo.slack)
+        for name, sched in repo.schedules.items():
+            _check_schedule(f"{source}: repos.{repo_id}.schedules.{name}", repo, sched)
     return config
+
+
+EMAIL_ADDRESS = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
+
+
+def _check_schedule(where: str, repo: RepoConfig, sched: ScheduleConfig) -> None:
+    """What the schema cannot say: one of each pair, a delivery that has a channel."""
+    if (sched.cron is None) == (sched.on_calendar is None):
+        raise ConfigError(f"{where}: exactly one of cron and on_calendar")
+    if (sched.prompt is None) == (sched.trigger_command is None):
+        raise ConfigError(f"{where}: exactly one of prompt and trigger_command")
+    if sched.trigger_command is not None:
+        raise ConfigError(f"{where}.trigger_command: script mode is not available in this "
+                          "version of airut; use prompt")
+    try:
+        if sched.timezone:
+            schedule.check_timezone(sched.timezone)
+        if sched.cron is not None:
+            schedule.from_cron(sched.cron, sched.timezone)
+    except schedule.ScheduleError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    to = sched.deliver.to
+    if sched.deliver.channel == "email":
+        if repo.email is None:
+            raise ConfigError(f"{where}.deliver: channel email needs the repository's email "
+                              "block (the answer goes out through its mailbox)")
+        if not EMAIL_ADDRESS.match(to):
+            raise ConfigError(f"{where}.deliver.to: not one mail address: {to!r}")
+    else:
+        if repo.slack is None:
+            raise ConfigError(f"{where}.deliver: channel slack needs the repository's slack "
+                              "block (the answer is posted by its app)")
+        if not re.match(r"^[CGD][A-Z0-9]{2,20}$", to):
+            raise ConfigError(f"{where}.deliver.to: not a Slack channel id (C…): {to!r}")
 
 
 def _check_slack(source: str, repo_id: str, slack: SlackConfig) -> None:

@@ -60,6 +60,7 @@ class Thread:
     subject: str
     message_id: str | None = None
     references: list[str] = field(default_factory=list)
+    new: bool = False  # a new mail, not a reply (a scheduled task's answer)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,7 +72,8 @@ class Thread:
             data = json.loads(text)
             thread = cls(to=str(data["to"]), subject=str(data.get("subject") or ""),
                          message_id=data.get("message_id"),
-                         references=[str(r) for r in data.get("references") or []])
+                         references=[str(r) for r in data.get("references") or []],
+                         new=data.get("new") is True)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise Unsendable(f"unreadable reply_to {text[:200]!r}: {e}") from e
         addresses = getaddresses([thread.to], strict=True)
@@ -98,19 +100,19 @@ def new_message_id(conversation_id: str | None, address: str) -> str:
     return f"<airut.{conversation_id or 'new'}.{int(time.time())}.{secrets.token_hex(4)}@{domain}>"
 
 
-def reply_subject(original: str, conversation_id: str | None) -> str:
+def reply_subject(original: str, conversation_id: str | None, new: bool = False) -> str:
     original = _one_line(original, MAX_SUBJECT_CHARS)
     bare = SUBJECT_TAG.sub("", PREFIXES.sub("", original)).strip()
     bare = PREFIXES.sub("", bare).strip()
     tag = f"[ID:{conversation_id}] " if conversation_id else ""
-    return f"Re: {tag}{bare}".rstrip()
+    return f"{'' if new else 'Re: '}{tag}{bare}".rstrip()
 
 
 def _headers(msg: EmailMessage, address: str, thread: Thread, conversation: str | None,
              also: list[str] | None = None) -> None:
     msg["From"] = address
     msg["To"] = thread.to
-    msg["Subject"] = reply_subject(thread.subject, conversation)
+    msg["Subject"] = reply_subject(thread.subject, conversation, thread.new)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = new_message_id(conversation, address)
     if thread.message_id:
@@ -119,7 +121,7 @@ def _headers(msg: EmailMessage, address: str, thread: Thread, conversation: str 
         msg["In-Reply-To"] = " ".join(parents)
         msg["References"] = " ".join(dict.fromkeys([*thread.references, *parents[1:],
                                                     thread.message_id]))
-    msg["Auto-Submitted"] = "auto-replied"
+    msg["Auto-Submitted"] = "auto-generated" if thread.new else "auto-replied"
 
 
 def html(text: str) -> str:

@@ -67,7 +67,7 @@ class SlackChannel:
         self.failed = self.spool.failed(self.channel).ensure()
         self.attachments = self.spool.root / "attachments"
         self.home = conversations.home(cfg.paths.state, "slack", repo_id)
-        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "threads").mkdir(parents=True, exist_ok=True)
         self.web = api.client(self.slack)
         self.lookups = api.client(self.slack, patient=True)
         self.conversations = conversations.Conversations(cfg.paths.state, repo_id,
@@ -77,7 +77,8 @@ class SlackChannel:
         self.send_guard = Guard("slack reply", logger, limit=GUARD_LIMIT, delay=2.0,
                                 store=self.home / "guard-send")
         self.outbox = Outbox(self.web, self.channel, self.outgoing, self.deferred, self.failed,
-                             self.attachments, self.slack.retry_limit, self.slack.retry_delay)
+                             self.attachments, self.slack.retry_limit, self.slack.retry_delay,
+                             self.home / "threads")
         self.progress = Progress(self.web, self.channel, self.spool.active,
                                  cfg.paths.state, self.home)
         self.outbox.on_delivered = lambda d: self.progress.finished(d["tasks"])

@@ -274,20 +274,26 @@ class Intake:
         return _read_json(self.threads / f"{_digest(f'{channel}:{thread_ts}')}.json")
 
     def remember_thread(self, channel: str, thread_ts: str, conversation: str) -> None:
-        path = self.threads / f"{_digest(f'{channel}:{thread_ts}')}.json"
-        current = _read_json(path)
-        if current and current.get("conversation_id") == conversation:
-            os.utime(path)  # in use: the janitor removes entries by age
-            return
-        write_atomic(path, json.dumps({"channel": channel, "thread_ts": thread_ts,
-                                       "conversation_id": conversation,
-                                       "time": utc_now()}).encode(), mode=0o640)
+        remember_thread(self.threads, channel, thread_ts, conversation)
 
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_lock:
             if len(self._locks) > 10_000:
                 self._locks = {k: v for k, v in self._locks.items() if v.locked()}
             return self._locks.setdefault(key, threading.Lock())
+
+
+def remember_thread(threads: Path, channel: str, thread_ts: str, conversation: str) -> None:
+    """The thread's conversation, one file per thread (written by intake, and by the
+    outbox for a scheduled task's new message)."""
+    path = threads / f"{_digest(f'{channel}:{thread_ts}')}.json"
+    current = _read_json(path)
+    if current and current.get("conversation_id") == conversation:
+        os.utime(path)  # in use: the janitor removes entries by age
+        return
+    write_atomic(path, json.dumps({"channel": channel, "thread_ts": thread_ts,
+                                   "conversation_id": conversation,
+                                   "time": utc_now()}).encode(), mode=0o640)
 
 
 def _digest(key: str) -> str:

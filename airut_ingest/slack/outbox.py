@@ -26,7 +26,7 @@ from airut_core.records import ReplyRecord
 from airut_core.spool import RecordError, Stage, utc_now
 from airut_ingest import files as files_mod
 from airut_ingest.slack import api, mrkdwn
-from airut_ingest.slack.intake import Where
+from airut_ingest.slack.intake import Where, remember_thread
 
 logger = logging.getLogger("airut.slack")
 DONE, FAILED = "white_check_mark", "x"
@@ -36,7 +36,8 @@ UPLOAD_MAX = 1 << 30  # Slack's own limit per file
 
 class Outbox:
     def __init__(self, web: WebClient, channel: str, outgoing: Stage, deferred: Stage,
-                 failed: Stage, attachments: Path, retry_limit: int, retry_delay: float):
+                 failed: Stage, attachments: Path, retry_limit: int, retry_delay: float,
+                 threads: Path):
         self.web = web
         self.channel = channel
         self.outgoing = outgoing
@@ -45,6 +46,7 @@ class Outbox:
         self.attachments = attachments
         self.retry_limit = retry_limit
         self.retry_delay = retry_delay
+        self.threads = threads
         self.on_delivered = lambda delivery: None  # the progress tracker forgets the task
 
     def compose(self, name: str) -> None:
@@ -84,6 +86,15 @@ class Outbox:
 
     def _steps(self, name: str, d: dict) -> None:
         where = d["where"]
+        if not where["thread_ts"]:  # a scheduled task's answer: a new message, a new thread
+            answer = self.web.chat_postMessage(channel=where["channel"], text=d["chunks"][0],
+                                               unfurl_links=False, unfurl_media=False)
+            where["thread_ts"] = str(answer["ts"])
+            if d.get("conversation"):
+                remember_thread(self.threads, where["channel"], where["thread_ts"],
+                                d["conversation"])
+            d["posted"] = 1
+            self.deferred.put(name, d)
         while d["posted"] < len(d["chunks"]):
             self.web.chat_postMessage(channel=where["channel"], thread_ts=where["thread_ts"],
                                       text=d["chunks"][d["posted"]], unfurl_links=False,
@@ -140,6 +151,8 @@ class Outbox:
         the reply is in the thread."""
         final = DONE if d["outcome"] == "success" else FAILED
         for where in d["reacting"]:
+            if not where["ts"]:  # no message of anyone's: a scheduled task
+                continue
             for method, emoji in (("reactions.remove", WORKING), ("reactions.add", final)):
                 try:
                     self.web.api_call(method, json={"channel": where["channel"],
@@ -217,5 +230,6 @@ def delivery_of(name: str, reply: ReplyRecord, outgoing: Path) -> dict:
                           "where this channel reads reply files")
     return {"where": where.__dict__, "reacting": [w.__dict__ for w in reacting],
             "tasks": [reply.task_id, *reply.merged_task_ids], "outcome": reply.outcome,
+            "conversation": reply.conversation_id,
             "chunks": chunks, "posted": 0, "as_file": as_file, "files": files,
             "attempts": 0, "next_attempt": 0, "created": utc_now()}

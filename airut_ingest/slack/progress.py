@@ -63,8 +63,8 @@ class Progress:
                 where = Where.loads(str(record.get("reply_to")))
             except ValueError:
                 continue
-            if tasks.phase(state) == "preparing":
-                continue
+            if tasks.phase(state) == "preparing" or not where.thread_ts:
+                continue  # not running yet, or a scheduled task (no thread until it answers)
             if name in self.status_set:  # running: the composer is free again
                 self.status_set.discard(name)
                 self._call("assistant.threads.setStatus", channel_id=where.channel,

@@ -43,9 +43,15 @@ def lab():
             "smtp": {"host": "mx.corp.test", "port": 587, "security": "starttls",
                      "username": "airut@corp.test", "password": "airut-pass",
                      "ca_file": "/etc/airut/lab-tls/ca.pem"},
-            "retry_delay": 1}},
+            "retry_delay": 1},
+            # Started by hand in the tests (systemctl start): the calendar is far away.
+            "schedules": {"digest": {
+                "on_calendar": "2099-01-01", "prompt": "[[scenario:sched-digest]] digest",
+                "deliver": {"channel": "email", "to": "alice@corp.test"}}}},
         # The Slack app (tests/slackfake.py, listening on the guest's loopback).
-        chat={"slack": SLACK},
+        chat={"slack": SLACK, "schedules": {"report": {
+            "cron": "0 7 1 1 *", "prompt": "[[scenario:sched-report]] report",
+            "deliver": {"channel": "slack", "to": "C0REPORTS"}}}},
         open={"network": {"sandbox": False}, "masked_secrets": {},
               "secrets": {"ANTHROPIC_API_KEY": "sk-ant-plain-open-key"},
               "api_base_url": "http://host.containers.internal:8765"}))

@@ -254,3 +254,21 @@ def test_the_plan_is_read_as_the_daemon_s_user_and_updated_in_place(lab, slack):
     assert answer["text"].startswith("planned")
     assert len([m for m in slack.bot_messages("D0PLAN", msg["ts"])
                 if m["text"].startswith("*Plan*")]) == 1
+
+
+def test_a_scheduled_report_is_a_new_channel_message_and_its_thread_continues(lab, slack):
+    lab.scenario("sched-report", [say("Report: {prompt}")])
+    lab.guest("systemctl", "start", "airut-schedule@chat--report.service")
+    top = wait_until(lambda: [m for m in slack.messages.get("C0REPORTS", [])
+                              if m.get("user") == BOT_USER and "thread_ts" not in m],
+                     120, "the report in the channel")[0]
+    assert top["text"].startswith("Report:") and "scheduled task 'report'" in top["text"]
+    marker = lab.scenario("sched-report-follow", [say("follow-up: {prompt}")])
+    slack.push(slack.message("C0REPORTS", ALICE, f"{marker} details please",
+                             thread_ts=top["ts"]))
+    answer = reply_in(slack, "C0REPORTS", top["ts"], count=2)[-1]  # the report is first
+    assert "details please" in answer["text"]
+    convs = [c for c in conversations_of(lab, "C0REPORTS", top["ts"])
+             if [r["sender"] for r in lab.conversation(c)["replies"]][:1] == ["scheduler"]]
+    [conv] = convs
+    assert len(lab.conversation(conv)["replies"]) == 2

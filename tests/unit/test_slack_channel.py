@@ -416,3 +416,22 @@ def test_airut_check_logs_in_with_both_tokens_and_names_missing_scopes(lab, fake
     slack.app_token = "xapp-wrong"
     line = check._line("app", lambda: check._slack(slack, "app_token"))
     assert not line.ok and "invalid_auth" in line.detail
+
+
+def test_a_scheduled_answer_is_a_new_message_whose_thread_continues_it(lab, fake):
+    start(lab)
+    reply_to = json.dumps({"channel": "C0REPORTS", "thread_ts": "", "ts": "", "user": "",
+                           "dm": False})
+    task = TaskRecord(repo="demo", channel="slack-demo", reply_to=reply_to, sender="scheduler",
+                      text="report", conversation_id="0a1b2c3d")
+    lab.channel.conversations.reserved.mkdir(parents=True, exist_ok=True)
+    (lab.channel.conversations.reserved / "0a1b2c3d").touch()  # the runner's, here
+    lab.reply(task, "nightly: all green")
+    [top] = wait_for(lambda: [m for m in fake.messages.get("C0REPORTS", [])
+                              if m.get("user") == BOT_USER], what="the new message")
+    assert "thread_ts" not in top and top["text"] == "nightly: all green"
+    assert not fake.calls_of("reactions.add")  # nobody's message to react to
+    follow = fake.message("C0REPORTS", ALICE, "why was it slow?", thread_ts=top["ts"])
+    fake.push(follow)  # no mention: the thread is the scheduled task's conversation
+    [task2] = lab.tasks()
+    assert task2.conversation_id == "0a1b2c3d" and task2.text == "why was it slow?"

@@ -1,0 +1,115 @@
+"""Scheduled tasks: each schedule is a systemd timer (made by airut-generator) that
+starts `airut-schedule@<repo>--<name>.service`, which runs `airut schedule fire`: one
+task record into incoming/, as a channel would write it, and the runner does the rest.
+
+The record starts a fresh conversation. Its reply_to is the delivery channel's own
+address form with nothing to answer: for email a thread with no message (the answer
+is a new mail, `[ID:<conversation>] <name>`), for Slack a channel with no thread (the
+answer is a new message, whose thread then continues the conversation). A schedule
+whose previous run still waits or runs is skipped and logged: the last task each
+schedule made is remembered in /var/lib/airut/schedules/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from airut_core import schedule, tasks
+from airut_core.config import Config, ConfigError, ScheduleConfig
+from airut_core.paths import Spool
+from airut_core.records import TaskRecord
+from airut_core.spool import utc_now, write_atomic
+
+logger = logging.getLogger("airut.schedule")
+SENDER = "scheduler"
+
+
+@dataclass
+class Timer:
+    instance: str  # <repo>--<name>
+    repo: str
+    name: str
+    calendar: list[str]
+    persistent: bool
+
+
+def timers(cfg: Config) -> list[Timer]:
+    """The enabled schedules as timers; on_calendar is normalized (checked) by systemd."""
+    found = []
+    for repo_id, repo in sorted(cfg.repos.items()):
+        for name, sched in sorted(repo.schedules.items()):
+            if not sched.enable:
+                continue
+            if sched.cron is not None:
+                lines = schedule.from_cron(sched.cron, sched.timezone)
+            else:
+                lines = [schedule.check_calendar(str(sched.on_calendar), sched.timezone)]
+            found.append(Timer(f"{repo_id}--{name}", repo_id, name, lines, sched.catch_up))
+    return found
+
+
+def find(cfg: Config, instance: str) -> tuple[str, str, ScheduleConfig]:
+    """The schedule an instance name means (a repository id may hold `--` too)."""
+    matches = []
+    for repo_id, repo in cfg.repos.items():
+        prefix = f"{repo_id}--"
+        if instance.startswith(prefix) and instance[len(prefix):] in repo.schedules:
+            name = instance[len(prefix):]
+            matches.append((repo_id, name, repo.schedules[name]))
+    if len(matches) != 1:
+        raise ConfigError(f"{cfg.source}: no schedule {instance!r} (<repo>--<name>) is "
+                          "configured" if not matches else
+                          f"{cfg.source}: {instance!r} names more than one schedule")
+    return matches[0]
+
+
+def record(repo_id: str, name: str, sched: ScheduleConfig, text: str | None = None
+           ) -> TaskRecord:
+    """The task a firing writes (prompt mode; script mode passes its prompt as text)."""
+    to = sched.deliver.to
+    if sched.deliver.channel == "email":
+        reply_to = json.dumps({"to": to, "subject": name, "message_id": None,
+                               "references": [], "new": True}, sort_keys=True)
+        where = f"mailed to {to}"
+    else:
+        reply_to = json.dumps({"channel": to, "thread_ts": "", "ts": "", "user": "",
+                               "dm": False}, sort_keys=True)
+        where = f"posted to the Slack channel {to}"
+    intro = (f"[This is the scheduled task {name!r} of repository {repo_id}; nobody is "
+             f"waiting at a keyboard. Your answer is {where} as a new message.]")
+    return TaskRecord(repo=repo_id, channel=f"{sched.deliver.channel}-{repo_id}",
+                      reply_to=reply_to, sender=SENDER,
+                      text=f"{intro}\n\n{text if text is not None else sched.prompt}",
+                      model=sched.model)
+
+
+def fire(cfg: Config, instance: str) -> str:
+    """One firing: the task record, unless the last one still waits or runs."""
+    repo_id, name, sched = find(cfg, instance)
+    state = Path(cfg.paths.state) / "schedules"
+    state.mkdir(mode=0o750, parents=True, exist_ok=True)
+    last = _last(state / f"{instance}.json")
+    if last and tasks.find_waiting(cfg.paths.spool, last) is not None:
+        message = (f"schedule {name} of {repo_id}: skipped, its previous run (task {last}) "
+                   "is still queued or running")
+        logger.warning("%s", message)
+        return message
+    task = record(repo_id, name, sched)
+    Spool(cfg.paths.spool).incoming.ensure().put(task.task_id, task.to_dict())
+    write_atomic(state / f"{instance}.json", json.dumps(
+        {"task_id": task.task_id, "time": utc_now()}).encode(), mode=0o640)
+    message = f"schedule {name} of {repo_id}: task {task.task_id} queued"
+    logger.info("%s", message, extra={"task": task.task_id, "repo": repo_id})
+    return message
+
+
+def _last(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    task = data.get("task_id") if isinstance(data, dict) else None
+    return task if isinstance(task, str) else None
