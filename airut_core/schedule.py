@@ -19,8 +19,6 @@ import shutil
 import subprocess
 import zoneinfo
 
-from croniter import croniter
-
 DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
 ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
@@ -43,6 +41,8 @@ def check_timezone(name: str) -> str:
 
 def from_cron(expression: str, timezone: str | None = None) -> list[str]:
     """OnCalendar= lines that fire exactly when the cron expression does."""
+    from croniter import croniter  # 30 ms: only for configurations that use cron
+
     text = ALIASES.get(expression.strip().lower(), expression.strip())
     fields = text.split()
     if len(fields) != 5:
