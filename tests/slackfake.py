@@ -361,6 +361,9 @@ class FakeSlack:
     def _m_assistant_threads_setStatus(self, args: dict) -> dict:
         return {"ok": True}
 
+    def _m_assistant_threads_setTitle(self, args: dict) -> dict:
+        return {"ok": True}
+
     def _m_files_getUploadURLExternal(self, args: dict) -> dict:
         file_id = f"F{uuid.uuid4().hex[:10].upper()}"
         self.uploads[file_id] = {"filename": str(args.get("filename")),

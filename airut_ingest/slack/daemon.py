@@ -182,7 +182,8 @@ class SlackChannel:
             taken = done[0]
             if taken.state == COMMITTED and taken.fresh and taken.where and taken.task_id:
                 threading.Thread(target=self.progress.accepted,
-                                 args=(taken.task_id, taken.where), daemon=True).start()
+                                 args=(taken.task_id, taken.where, taken.title),
+                                 daemon=True).start()
             return True
         return bool(quarantined)
 

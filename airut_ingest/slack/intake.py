@@ -34,6 +34,7 @@ from airut_ingest.slack.events import Message
 
 logger = logging.getLogger("airut.slack")
 PENDING, COMMITTED, REFUSED, IGNORED = "pending", "committed", "refused", "ignored"
+TITLE_MAX = 60  # characters of a DM thread's title
 MENTION = re.compile(r"<([@#!])([A-Za-z0-9^]{1,40})(?:\|([^>]{0,200}))?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]{1,2000})(?:\|([^>]{0,500}))?>")
 
@@ -66,6 +67,7 @@ class Taken:
     task_id: str | None = None
     where: Where | None = None
     fresh: bool = True  # False: a message seen before (a redelivery, a second event)
+    title: str | None = None  # a new DM conversation's title: its first words
 
 
 class Intake:
@@ -150,7 +152,11 @@ class Intake:
         self.finish(msg.key, marker)
         log.for_task(logger, task_id, conversation, self.repo_id).info(
             "task from %s (%s) in %s", verdict.name, msg.user, msg.key)
-        return Taken(COMMITTED, task_id, where)
+        title = None
+        if new and msg.dm:
+            first = " ".join(self.readable(msg.text).split())
+            title = (first[:TITLE_MAX - 1] + "…" if len(first) > TITLE_MAX else first) or None
+        return Taken(COMMITTED, task_id, where, title=title)
 
     def finish(self, key: str, marker: dict) -> None:
         """From a pending marker on: publish the staged record (unless a crash came

@@ -40,10 +40,14 @@ class Progress:
         self.status_set: set[str] = set()  # tasks whose DM status is shown
         self._last: dict[str, float] = {}
 
-    def accepted(self, task_id: str, where: Where) -> None:
-        """Right after the envelope's ack."""
+    def accepted(self, task_id: str, where: Where, title: str | None = None) -> None:
+        """Right after the envelope's ack. A new DM conversation gets its title (the
+        History tab's name for it) from its first message."""
         self._call("reactions.add", channel=where.channel, timestamp=where.ts,
                    name="eyes")
+        if where.dm and title:
+            self._call("assistant.threads.setTitle", channel_id=where.channel,
+                       thread_ts=where.thread_ts, title=title)
         if where.dm:
             self._call("assistant.threads.setStatus", channel_id=where.channel,
                        thread_ts=where.thread_ts, status=STATUS)

@@ -126,6 +126,8 @@ def test_a_dm_becomes_one_task_and_the_reply_lands_in_its_thread(lab, fake):
     assert task.conversation_id  # reserved at intake, so a follow-up finds it
     wait_for(lambda: "eyes" in fake.reactions.get(("D0ALICE", event["ts"]), ()), what="👀")
     wait_for(lambda: fake.calls_of("assistant.threads.setStatus"), what="DM status")
+    [title] = wait_for(lambda: fake.calls_of("assistant.threads.setTitle"), what="the title")
+    assert title.args["title"] == "Please *fix* the build (https://ci.example/1)"
 
     lab.reply(task, "## Done\n\nFixed **two** things:\n\n- a <b>tag</b> & more\n- `x<y`")
     [answer] = wait_for(lambda: fake.bot_messages("D0ALICE", event["ts"]), what="reply")
@@ -145,6 +147,9 @@ def test_a_follow_up_in_the_thread_continues_the_conversation(lab, fake):
     one, two = lab.tasks()
     assert two.conversation_id == one.conversation_id
     assert Where.loads(two.reply_to).thread_ts == first["ts"]
+    time.sleep(0.3)
+    titles = [c.args["title"] for c in fake.calls_of("assistant.threads.setTitle")]
+    assert titles == ["first"]  # the follow-up does not rename the conversation
 
 
 def test_a_channel_mention_engages_and_the_thread_stays_engaged(lab, fake):
