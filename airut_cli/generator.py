@@ -68,32 +68,28 @@ def generate_timers(cfg: config_mod.Config, out: Path) -> list[str]:
     from airut_cli import schedule  # only here: the generator's common path stays small
 
     made = []
-    for repo_id, repo in sorted(cfg.repos.items()):
-        for name in sorted(repo.schedules):
-            one = config_mod.Config(repos={repo_id: config_mod.RepoConfig(
-                repo_url=repo.repo_url, schedules={name: repo.schedules[name]})})
-            try:
-                found = schedule.timers(one)
-            except ValueError as e:
-                print(f"airut-generator: schedule {name} of {repo_id}: {e}", file=sys.stderr)
-                continue
-            for timer in found:
-                unit = f"airut-schedule@{timer.instance}.timer"
-                out.mkdir(parents=True, exist_ok=True)
-                (out / unit).write_text(
-                    f"# Written by airut-generator from repos.{repo_id}.schedules.{name}.\n"
-                    "[Unit]\n"
-                    f"Description=airut schedule {name} of repository {repo_id}\n"
-                    "Documentation=file:///usr/share/doc/airut/schedules.md\n"
-                    "PartOf=airut.target\n\n"
-                    "[Timer]\n"
-                    + "".join(f"OnCalendar={line}\n" for line in timer.calendar)
-                    + f"Persistent={'yes' if timer.persistent else 'no'}\n"
-                    "AccuracySec=1s\n")
-                wants = out / "airut.target.wants"
-                wants.mkdir(parents=True, exist_ok=True)
-                (wants / unit).symlink_to(out / unit)
-                made.append(unit)
+    for repo_id, name, sched in schedule.enabled(cfg):
+        try:
+            timer = schedule.timer_of(repo_id, name, sched)
+        except ValueError as e:
+            print(f"airut-generator: schedule {name} of {repo_id}: {e}", file=sys.stderr)
+            continue
+        unit = f"airut-schedule@{timer.instance}.timer"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / unit).write_text(
+            f"# Written by airut-generator from repos.{repo_id}.schedules.{name}.\n"
+            "[Unit]\n"
+            f"Description=airut schedule {name} of repository {repo_id}\n"
+            "Documentation=file:///usr/share/doc/airut/schedules.md\n"
+            "PartOf=airut.target\n\n"
+            "[Timer]\n"
+            + "".join(f"OnCalendar={line}\n" for line in timer.calendar)
+            + f"Persistent={'yes' if timer.persistent else 'no'}\n"
+            "AccuracySec=1s\n")
+        wants = out / "airut.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / unit).symlink_to(out / unit)
+        made.append(unit)
     return made
 
 

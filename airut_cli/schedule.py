@@ -21,7 +21,7 @@ from airut_core import schedule, tasks
 from airut_core.config import Config, ConfigError, ScheduleConfig
 from airut_core.paths import Spool
 from airut_core.records import TaskRecord
-from airut_core.spool import utc_now, write_atomic
+from airut_core.spool import RecordError, load, utc_now, write_atomic
 
 logger = logging.getLogger("airut.schedule")
 SENDER = "scheduler"
@@ -37,18 +37,26 @@ class Timer:
 
 
 def timers(cfg: Config) -> list[Timer]:
-    """The enabled schedules as timers; on_calendar is normalized (checked) by systemd."""
-    found = []
-    for repo_id, repo in sorted(cfg.repos.items()):
-        for name, sched in sorted(repo.schedules.items()):
-            if not sched.enable:
-                continue
-            if sched.cron is not None:
-                lines = schedule.from_cron(sched.cron, sched.timezone)
-            else:
-                lines = [schedule.check_calendar(str(sched.on_calendar), sched.timezone)]
-            found.append(Timer(f"{repo_id}--{name}", repo_id, name, lines, sched.catch_up))
-    return found
+    """The enabled schedules as timers (ConfigError: a calendar systemd refuses)."""
+    return [timer_of(repo_id, name, sched) for repo_id, name, sched in enabled(cfg)]
+
+
+def enabled(cfg: Config) -> list[tuple[str, str, ScheduleConfig]]:
+    return [(repo_id, name, sched) for repo_id, repo in sorted(cfg.repos.items())
+            for name, sched in sorted(repo.schedules.items()) if sched.enable]
+
+
+def timer_of(repo_id: str, name: str, sched: ScheduleConfig) -> Timer:
+    """One schedule's timer; on_calendar is normalized (checked) by systemd. ConfigError
+    names the schedule's key when its calendar is refused."""
+    try:
+        if sched.cron is not None:
+            lines = schedule.from_cron(sched.cron, sched.timezone)
+        else:
+            lines = [schedule.check_calendar(str(sched.on_calendar), sched.timezone)]
+    except schedule.ScheduleError as e:
+        raise ConfigError(f"repos.{repo_id}.schedules.{name}: {e}") from e
+    return Timer(f"{repo_id}--{name}", repo_id, name, lines, sched.catch_up)
 
 
 def find(cfg: Config, instance: str) -> tuple[str, str, ScheduleConfig]:
@@ -70,13 +78,17 @@ def record(repo_id: str, name: str, sched: ScheduleConfig, text: str | None = No
            ) -> TaskRecord:
     """The task a firing writes (prompt mode; script mode passes its prompt as text)."""
     to = sched.deliver.to
-    if sched.deliver.channel == "email":
-        reply_to = json.dumps({"to": to, "subject": name, "message_id": None,
-                               "references": [], "new": True}, sort_keys=True)
+    # The delivery channel's own address form, imported for the one in use: a firing is
+    # a process of its own, and the email channel's composer takes ~50 ms to import.
+    if sched.deliver.channel == "email":  # a new mail: no message to answer
+        from airut_ingest.email.compose import Thread
+
+        reply_to = Thread(to=to, subject=name, new=True).dumps()
         where = f"mailed to {to}"
-    else:
-        reply_to = json.dumps({"channel": to, "thread_ts": "", "ts": "", "user": "",
-                               "dm": False}, sort_keys=True)
+    else:  # a new message: no thread yet, nobody's message to react to
+        from airut_ingest.slack.address import Where
+
+        reply_to = Where(channel=to, thread_ts="", ts="", user="", dm=False).dumps()
         where = f"posted to the Slack channel {to}"
     intro = (f"[This is the scheduled task {name!r} of repository {repo_id}; nobody is "
              f"waiting at a keyboard. Your answer is {where} as a new message.]")
@@ -108,8 +120,7 @@ def fire(cfg: Config, instance: str) -> str:
 
 def _last(path: Path) -> str | None:
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        task = load(path.read_bytes(), str(path)).get("task_id")
+    except (OSError, RecordError):
         return None
-    task = data.get("task_id") if isinstance(data, dict) else None
     return task if isinstance(task, str) else None

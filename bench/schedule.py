@@ -91,7 +91,12 @@ def main() -> None:
         "schedules": {"tick": {"on_calendar": f"*:*:0/{EVERY}", "prompt": "tick",
                                "deliver": {"channel": "slack", "to": "C0BENCH"}}}})
     with booted(config) as lab:
-        lab.guest("systemctl", "stop", "airut-runner.service")
+        # The timer may run from boot (airut.target wants it) and the runner may have
+        # claimed a firing already: both stopped, and what they left removed.
+        lab.guest("systemctl", "stop", TIMER, "airut-runner.service")
+        for stage in ("incoming", "active"):
+            for path in (lab.spool / stage).glob("*.json"):
+                path.unlink()
         f_elapse, f_trigger = floor(lab, args.firings)
         a_elapse, a_trigger = firings(lab, args.firings)
     print(f"timer firing every {EVERY} s, {args.firings} firings each (AccuracySec=1s)")

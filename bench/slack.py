@@ -31,6 +31,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from airut_core.records import ReplyRecord, TaskRecord
 from airut_core.spool import Stage
+from airut_ingest.slack.address import Where
 from bench.common import ms
 from tests.slackfake import APP_TOKEN, BOT_TOKEN, FakeSlack
 
@@ -70,23 +71,19 @@ def replies(fake: FakeSlack, root: Path, at_once: bool) -> list[float]:
     tasks = [TaskRecord.from_dict(incoming.read(n)) for n in incoming.names()]
     for name in incoming.names():
         incoming.remove(name)
-    written: dict[str, float] = {}
+    written: dict[tuple[str, str], float] = {}  # (channel, thread) -> when
     for task in tasks:
         reply = ReplyRecord(task_id=task.task_id, conversation_id=task.conversation_id,
                             repo="demo", channel="slack-demo", reply_to=task.reply_to,
                             text=f"**done** with {task.text}", outcome="success")
         outgoing.put(task.task_id, reply.to_dict())
-        written[task.reply_to] = time.monotonic()
+        where = Where.loads(task.reply_to)
+        written[(where.channel, where.thread_ts)] = time.monotonic()
         if not at_once:
             wait_posted(fake, len(fake.calls_of("chat.postMessage")) + 1)
     wait_posted(fake, len(tasks))
-    took = []
-    for call in fake.calls_of("chat.postMessage"):
-        for reply_to, t in written.items():
-            if f'"thread_ts": "{call.args.get("thread_ts")}"' in reply_to and \
-                    f'"channel": "{call.args.get("channel")}"' in reply_to:
-                took.append(call.time - t)
-    return took
+    return [call.time - written[(call.args.get("channel"), call.args.get("thread_ts"))]
+            for call in fake.calls_of("chat.postMessage")]
 
 
 def wait_posted(fake: FakeSlack, count: int) -> None:

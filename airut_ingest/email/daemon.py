@@ -29,7 +29,6 @@ replies after it go out.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import email
 import email.parser
@@ -40,33 +39,26 @@ import logging
 import os
 import re
 import shutil
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
-import sdnotify
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from airut_core import config as config_mod
 from airut_core import log
 from airut_core.config import Config, ConfigError
 from airut_core.guard import Guard, Permanent
-from airut_core.paths import Spool
 from airut_core.records import ReplyRecord, TaskRecord
 from airut_core.spool import (
-    Doorbell,
     RecordError,
-    Stage,
     dump,
     fsync_dir,
     new_name,
     utc_now,
     write_atomic,
 )
-from airut_ingest import conversations
 from airut_ingest import files as files_mod
+from airut_ingest.channel import GUARD_DELAY, GUARD_LIMIT, Channel, forget_missing, serve
 from airut_ingest.email import compose, intake, parse
 from airut_ingest.email.compose import Thread
 from airut_ingest.email.examiner import Examiner
@@ -76,53 +68,39 @@ logger = logging.getLogger("airut.email")
 
 IDLE_CHUNK = 10.0  # seconds per IDLE round: stop and the watchdog stay responsive
 BACKOFF_MAX = 300.0
-MARKER_MAX_AGE = 30 * 86400  # intake and sent markers, reservations, guard counts
-GUARD_LIMIT = 3  # failures of one message or reply before it is set aside
 # Deaths of the daemon while working on one message or reply before it is set aside.
 # Mail is read in the examiner process, so a message cannot kill the daemon: its
 # deaths are kills from outside or restarts, no evidence against the item in hand.
 CRASH_LIMIT = 5
-GUARD_DELAY = 2.0  # first wait after a failure; doubles
 MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[!-;=?-~]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 
 # What an intake marker says became of a message.
 PENDING, COMMITTED, REJECTED, QUARANTINED = "pending", "committed", "rejected", "quarantined"
 
 
-class EmailChannel:
+class EmailChannel(Channel):
+    KIND = "email"
+    MARKER_DIRS = ("seen", "sent")
+    ITEMS = "mail(s)"
+    CHUNK = IDLE_CHUNK
+
     def __init__(self, cfg: Config, repo_id: str):
-        self.cfg = cfg
-        self.repo_id = repo_id
         repo = cfg.repo(repo_id)
         if repo.email is None:
             raise ConfigError(f"{cfg.source}: repos.{repo_id} has no email block")
+        super().__init__(cfg, repo_id, logger)
         self.email = repo.email
-        self.channel = f"email-{repo_id}"
-        # Only the stages this daemon writes: it may not create the others.
-        self.spool = Spool(cfg.paths.spool)
-        self.spool.incoming.ensure()
-        self.outgoing = self.spool.outgoing(self.channel).ensure()
-        self.deferred = Stage(self.spool.root / "deferred" / self.channel).ensure()
-        self.failed = self.spool.failed(self.channel).ensure()
-        self.staging = self.deferred.path / "intake"  # task records about to be published
-        self.staging.mkdir(exist_ok=True)
-        self.attachments = self.spool.root / "attachments"
-        home = conversations.home(cfg.paths.state, "email", repo_id)
-        self.seen = home / "seen"
-        self.sent = home / "sent"
+        self.seen = self.home / "seen"
+        self.sent = self.home / "sent"
         for d in (self.seen, self.sent, self.attachments):
             d.mkdir(parents=True, exist_ok=True)
-        self.conversations = conversations.Conversations(cfg.paths.state, repo_id,
-                                                         home / "reserved")
         self.receive_guard = Guard("message", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
-                                   store=home / "guard-receive", crash_limit=CRASH_LIMIT)
-        # Replies are composed in the daemon itself: its deaths on one count as usual.
-        self.send_guard = Guard("outgoing mail", logger, limit=GUARD_LIMIT, delay=GUARD_DELAY,
-                                store=home / "guard-send")
+                                   store=self.home / "guard-receive", crash_limit=CRASH_LIMIT)
         self.examiner = Examiner(intake.Rules.of(self.email))
-        self.stopping = threading.Event()
-        self.status = "starting"
-        self.heartbeat = {"receive": time.monotonic(), "send": time.monotonic()}
+        self.heartbeat["receive"] = time.monotonic()
+
+    def loops(self) -> list:
+        return [self.receive_forever, self.send_forever]
 
     # -- receiving ------------------------------------------------------------------
 
@@ -170,7 +148,7 @@ class EmailChannel:
                 return
             self.heartbeat["receive"] = time.monotonic()
             seen.add(self.take(box, uid))
-        _forget_missing(self.receive_guard, seen)
+        forget_missing(self.receive_guard, seen)
 
     def take(self, box: Mailbox, uid: int) -> str | None:
         """One message: examined under the guard, then released from the mailbox as its
@@ -347,47 +325,6 @@ class EmailChannel:
 
     # -- sending --------------------------------------------------------------------
 
-    def send_forever(self) -> None:
-        bell = Doorbell([self.outgoing.path, self.deferred.path])
-        try:
-            while not self.stopping.is_set():
-                self.heartbeat["send"] = time.monotonic()
-                try:
-                    wait = self.send_waiting()
-                except Exception:  # listing a directory failed, say: not one item's fault
-                    logger.exception("sending failed; trying again shortly")
-                    wait = 5.0
-                bell.wait(min(wait, IDLE_CHUNK))
-        finally:
-            bell.close()
-
-    def send_waiting(self) -> float:
-        """Send what is due; returns seconds until the next attempt."""
-        _forget_missing(self.send_guard, {*(f"outgoing/{n}" for n in self.outgoing.names()),
-                                          *(f"deferred/{n}" for n in self.deferred.names())})
-        for name in self.outgoing.names():
-            self.heartbeat["send"] = time.monotonic()
-            self.send_guard.run(f"outgoing/{name}", lambda n=name: self.take_reply(n),
-                                lambda failures, n=name: self._set_aside_reply(n, failures))
-        next_due = IDLE_CHUNK
-        for name in self.deferred.names():
-            self.heartbeat["send"] = time.monotonic()
-            try:
-                pending = self.deferred.read(name)
-            except FileNotFoundError:
-                continue
-            except RecordError as e:
-                self._set_aside_mail(name, [{"time": utc_now(), "reason": str(e)}])
-                continue
-            due = _number(pending.get("next_attempt")) - time.time()
-            if due > 0:
-                next_due = min(next_due, due)
-                continue
-            self.send_guard.run(f"deferred/{name}", lambda n=name, p=pending: self._attempt(n, p),
-                                lambda failures, n=name: self._set_aside_mail(n, failures))
-        guard_due = self.send_guard.next_due()
-        return next_due if guard_due is None else min(next_due, guard_due + 0.1)
-
     def take_reply(self, name: str) -> None:
         """A reply record becomes one mail per distinct sender, each in deferred/ (the
         whole message, attachments included), before the record is removed."""
@@ -405,9 +342,9 @@ class EmailChannel:
             msg = compose.reply(self.email.address, reply, thread, files, notes, also)
             self.deferred.put(key, _pending(msg, key))
         self.outgoing.remove(name)
-        self._remove_tree(self.outgoing.path / f"{name}.files")
+        self.remove_tree(self.outgoing.path / f"{name}.files")
         for task_id in [*reply.merged_task_ids, reply.task_id]:
-            self._remove_tree(self.attachments / task_id)
+            self.remove_tree(self.attachments / task_id)
         # send_waiting goes on with deferred/, where these are due at once.
 
     def recipients(self, name: str, reply: ReplyRecord) -> list[tuple[str, Thread, list[str]]]:
@@ -459,15 +396,7 @@ class EmailChannel:
             os.close(dir_fd)
         return files, notes
 
-    def _remove_tree(self, path: Path) -> None:
-        try:
-            shutil.rmtree(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            logger.warning("cannot remove %s: %s", path, e)
-
-    def _attempt(self, name: str, pending: dict) -> None:
+    def attempt(self, name: str, pending: dict) -> None:
         key = pending["sent_key"]
         if (self.sent / key).exists():
             self.deferred.remove(name)  # sent before a crash
@@ -477,83 +406,15 @@ class EmailChannel:
         try:
             send(self.email.smtp, msg)
         except Exception as e:
-            pending["attempts"] = pending.get("attempts", 0) + 1
-            pending.setdefault("failures", []).append({"time": utc_now(), "reason": str(e)})
-            if pending["attempts"] >= self.email.retry_limit:
-                logger.error("giving up on mail %s to %s after %d attempts: %s", key, msg["To"],
-                             pending["attempts"], e)
-                self.deferred.put(name, pending)
-                self.deferred.move_to(name, self.failed)
-                return
-            delay = min(self.email.retry_delay * 2 ** (pending["attempts"] - 1), 3600)
-            pending["next_attempt"] = time.time() + delay
-            self.deferred.put(name, pending)
-            logger.warning("cannot send mail %s to %s (%s); retrying in %.0f s", key, msg["To"],
-                           e, delay)
+            self.defer(name, pending, str(e), self.email.retry_limit, self.email.retry_delay,
+                       what=f"mail {key} to {msg['To']}", verb="send")
             return
         write_atomic(self.sent / key, b"", mode=0o640)
         self.deferred.remove(name)
         logger.info("sent %s to %s", "acknowledgment" if key.startswith("ack-") else "reply",
                     msg["To"], extra={"task": key.removeprefix("ack-").partition("+")[0]})
 
-    def _set_aside_reply(self, name: str, failures: list[dict]) -> None:
-        """A reply record that cannot be sent: into failed/ with its reasons, files too."""
-        try:
-            record = self.outgoing.read(name)
-        except FileNotFoundError:
-            return
-        except RecordError as e:
-            raw = self.outgoing.file(name).read_bytes()[:100_000]
-            record = {"unreadable": str(e), "raw": raw.decode("utf-8", "replace")}
-        self.failed.put(name, {**record, "failures": failures})
-        self.outgoing.remove(name)
-        files = self.outgoing.path / f"{name}.files"
-        if files.exists():
-            try:
-                files.rename(self.failed.path / f"{name}.files")
-            except OSError as e:
-                logger.warning("cannot move %s aside: %s", files, e)
-        logger.error("quarantined reply %s in %s: %s", name, self.failed.path,
-                     "; ".join(f.get("reason", "") for f in failures))
-
-    def _set_aside_mail(self, name: str, failures: list[dict]) -> None:
-        try:
-            pending = self.deferred.read(name)
-        except FileNotFoundError:
-            return
-        except RecordError as e:
-            pending = {"unreadable": str(e)}
-        self.failed.put(name, {**pending, "failures": [*pending.get("failures", []),
-                                                       *failures]})
-        self.deferred.remove(name)
-        logger.error("quarantined mail %s in %s: %s", name, self.failed.path,
-                     "; ".join(f.get("reason", "") for f in failures))
-
     # -- upkeep ---------------------------------------------------------------------
-
-    def janitor(self) -> None:
-        now = time.time()
-        stores = [self.receive_guard.store, self.send_guard.store]
-        for directory in (self.sent, self.seen, self.staging, *stores):
-            for entry in directory.iterdir():
-                try:
-                    if now - entry.stat().st_mtime > MARKER_MAX_AGE:
-                        entry.unlink()
-                except FileNotFoundError:
-                    pass
-        self.conversations.clean()
-
-    def describe(self) -> str:
-        waiting = len(self.outgoing.names()) + len(self.deferred.names())
-        aside = self.receive_guard.quarantined_total + self.send_guard.quarantined_total
-        return (f"{self.status}; {waiting} mail(s) to send"
-                + (f"; {aside} set aside since start" if aside else ""))
-
-
-def _forget_missing(guard: Guard, present: set) -> None:
-    """Items gone from their queue (sent, or deleted by someone else) are not waited for."""
-    for key in set(guard.keys()) - present:
-        guard.forget(key)
 
 
 def _thread(verdict: intake.Verdict) -> Thread:
@@ -564,12 +425,6 @@ def _thread(verdict: intake.Verdict) -> Thread:
 def _pending(msg, key: str) -> dict:
     return {"sent_key": key, "to": str(msg["To"]), "attempts": 0, "next_attempt": 0,
             "mail": base64.b64encode(bytes(msg)).decode()}
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
 
 
 def message_key(raw: bytes) -> str:
@@ -593,34 +448,5 @@ def _describe(raw: bytes) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="airut-email", description=__doc__.split("\n")[0])
-    parser.add_argument("repo", help="the repository id (the unit's instance name)")
-    parser.add_argument("--config")
-    args = parser.parse_args(argv)
-    log.setup(f"airut-email@{args.repo}")
-    notifier = sdnotify.SystemdNotifier()
-    try:
-        channel = EmailChannel(config_mod.load(args.config, config_mod.email_secrets(args.repo)),
-                               args.repo)
-    except ConfigError as e:
-        logger.error("%s", e)
-        notifier.notify(f"STATUS=configuration error: {e}")
-        sys.exit(78)
-    for target in (channel.receive_forever, channel.send_forever):
-        threading.Thread(target=target, daemon=True, name=target.__name__).start()
-
-    def on_signal(signum: int, frame: object) -> None:
-        channel.stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    notifier.notify(f"READY=1\nSTATUS={channel.describe()}")
-    last_janitor = 0.0
-    while not channel.stopping.wait(5.0):
-        stale = [k for k, t in channel.heartbeat.items() if time.monotonic() - t > 120]
-        if not stale:  # both loops alive: feed the watchdog
-            notifier.notify(f"WATCHDOG=1\nSTATUS={channel.describe()}")
-        if time.monotonic() - last_janitor > 3600:
-            channel.janitor()
-            last_janitor = time.monotonic()
-    notifier.notify("STOPPING=1")
+    serve("email", argv, EmailChannel, config_mod.email_secrets, __doc__.split("\n")[0],
+          logger)

@@ -55,9 +55,7 @@ def check_bot(cfg: SlackConfig, timeout: float = 20) -> str:
     """auth.test with the bot token, and the scopes it was granted (`airut check`)."""
     web = WebClient(token=str(cfg.bot_token), base_url=cfg.api_url, timeout=timeout)
     answer = web.auth_test()
-    headers = {k.lower(): v for k, v in (answer.headers or {}).items()}
-    granted = headers.get("x-oauth-scopes")
-    granted = granted[0] if isinstance(granted, list) and granted else granted
+    granted = _header(answer.headers, "x-oauth-scopes")
     who = f"bot {answer.get('user')} ({answer.get('user_id')}) in {answer.get('team')}"
     if not isinstance(granted, str):
         return f"{who}; Slack did not list the token's scopes"
@@ -80,11 +78,18 @@ def retry_after(error: Exception) -> float | None:
     if not (isinstance(error, SlackApiError) and error.response is not None
             and error.response.status_code == 429):
         return None
-    headers = {k.lower(): v for k, v in (error.response.headers or {}).items()}
     try:
-        return max(0.0, min(float(headers.get("retry-after")), 3600.0))
+        return max(0.0, min(float(_header(error.response.headers, "retry-after")), 3600.0))
     except (TypeError, ValueError):
         return 30.0
+
+
+def _header(headers: dict | None, name: str) -> object:
+    """A response header by its lower-case name, whatever case and form it came in."""
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value[0] if isinstance(value, list) and value else value
+    return None
 
 
 def error_code(error: Exception) -> str:

@@ -25,10 +25,20 @@ from pathlib import Path
 from airut_core import log
 from airut_core.config import SlackConfig
 from airut_core.records import TaskRecord
-from airut_core.spool import Stage, dump, fsync_dir, new_name, utc_now, write_atomic
+from airut_core.spool import (
+    RecordError,
+    Stage,
+    dump,
+    fsync_dir,
+    load,
+    new_name,
+    utc_now,
+    write_atomic,
+)
 from airut_ingest import files as files_mod
 from airut_ingest.conversations import Conversations
 from airut_ingest.slack import api, events
+from airut_ingest.slack.address import Where
 from airut_ingest.slack.authorize import Authorizer, display_name
 from airut_ingest.slack.events import Message
 
@@ -37,28 +47,6 @@ PENDING, COMMITTED, REFUSED, IGNORED = "pending", "committed", "refused", "ignor
 TITLE_MAX = 60  # characters of a DM thread's title
 MENTION = re.compile(r"<([@#!])([A-Za-z0-9^]{1,40})(?:\|([^>]{0,200}))?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]{1,2000})(?:\|([^>]{0,500}))?>")
-
-
-@dataclass
-class Where:
-    """A task's address in Slack: the reply_to of its record."""
-    channel: str
-    thread_ts: str
-    ts: str  # the message itself (its reactions)
-    user: str
-    dm: bool
-
-    def dumps(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> Where:
-        data = json.loads(text)
-        if not isinstance(data, dict) or not all(
-                isinstance(data.get(k), str) for k in ("channel", "thread_ts", "ts", "user")):
-            raise ValueError("not a Slack address")
-        return cls(data["channel"], data["thread_ts"], data["ts"], data["user"],
-                   data.get("dm") is True)
 
 
 @dataclass
@@ -270,14 +258,14 @@ class Intake:
     # -- markers and the thread map -------------------------------------------------
 
     def marker(self, key: str) -> dict | None:
-        return _read_json(self.seen / f"{_digest(key)}.json")
+        return _read_json(self.seen / f"{digest(key)}.json")
 
     def write_marker(self, key: str, marker: dict) -> None:
-        write_atomic(self.seen / f"{_digest(key)}.json",
+        write_atomic(self.seen / f"{digest(key)}.json",
                      json.dumps({**marker, "key": key, "time": utc_now()}).encode(), mode=0o640)
 
     def thread(self, channel: str, thread_ts: str) -> dict | None:
-        return _read_json(self.threads / f"{_digest(f'{channel}:{thread_ts}')}.json")
+        return _read_json(self.threads / f"{digest(f'{channel}:{thread_ts}')}.json")
 
     def remember_thread(self, channel: str, thread_ts: str, conversation: str) -> None:
         remember_thread(self.threads, channel, thread_ts, conversation)
@@ -292,7 +280,7 @@ class Intake:
 def remember_thread(threads: Path, channel: str, thread_ts: str, conversation: str) -> None:
     """The thread's conversation, one file per thread (written by intake, and by the
     outbox for a scheduled task's new message)."""
-    path = threads / f"{_digest(f'{channel}:{thread_ts}')}.json"
+    path = threads / f"{digest(f'{channel}:{thread_ts}')}.json"
     current = _read_json(path)
     if current and current.get("conversation_id") == conversation:
         os.utime(path)  # in use: the janitor removes entries by age
@@ -302,19 +290,18 @@ def remember_thread(threads: Path, channel: str, thread_ts: str, conversation: s
                                    "time": utc_now()}).encode(), mode=0o640)
 
 
-def _digest(key: str) -> str:
+def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_bytes())
+        return load(path.read_bytes(), str(path))
     except FileNotFoundError:
         return None
-    except ValueError as e:
-        logger.error("unreadable state file %s (%s): ignored", path, e)
+    except RecordError as e:
+        logger.error("unreadable state file (%s): ignored", e)
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _ts_before(a: str, b: str) -> bool:

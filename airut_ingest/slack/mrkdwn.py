@@ -117,7 +117,7 @@ class _Renderer:
 
     def inline(self, token: Token) -> str:
         out: list[str] = []
-        links: list[str] = []
+        links: list[tuple[str, int]] = []  # open links: their target, where their label starts
         for child in token.children or []:
             kind = child.type
             if kind == "text":
@@ -133,12 +133,10 @@ class _Renderer:
             elif kind == "s_open" or kind == "s_close":
                 out.append("~")
             elif kind == "link_open":
-                links.append(str(child.attrGet("href") or ""))
-                out.append("\0link")
-            elif kind == "link_close":
-                href = links.pop() if links else ""
-                at = len(out) - 1 - out[::-1].index("\0link")
-                label = "".join(out[at + 1:]).replace("\n", " ")
+                links.append((str(child.attrGet("href") or ""), len(out)))
+            elif kind == "link_close" and links:
+                href, at = links.pop()
+                label = "".join(out[at:]).replace("\n", " ")
                 del out[at:]
                 out.append(_link(href, label))
             elif kind == "image":

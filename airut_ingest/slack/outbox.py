@@ -6,8 +6,8 @@ mrkdwn and cut into messages, the files to upload, the messages whose reactions 
 the task. Each step done is written into the delivery before the next, so a crash or
 an outage repeats nothing that Slack took: at most the one message in flight. A step
 that fails (an API error, a 429 with its Retry-After, a dead connection) makes the
-whole delivery wait, doubling from retry_delay; after retry_limit attempts it is
-quarantined in failed/slack-<repo>/ with its reasons, never dropped.
+whole delivery wait, doubling from retry_delay (Channel.defer); after retry_limit
+attempts it is quarantined in failed/slack-<repo>/ with its reasons, never dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -26,7 +25,8 @@ from airut_core.records import ReplyRecord
 from airut_core.spool import RecordError, Stage, utc_now
 from airut_ingest import files as files_mod
 from airut_ingest.slack import api, mrkdwn
-from airut_ingest.slack.intake import Where, remember_thread
+from airut_ingest.slack.address import Where
+from airut_ingest.slack.intake import remember_thread
 
 logger = logging.getLogger("airut.slack")
 DONE, FAILED = "white_check_mark", "x"
@@ -35,19 +35,16 @@ UPLOAD_MAX = 1 << 30  # Slack's own limit per file
 
 
 class Outbox:
+    """The Slack side of a delivery; the channel's loop (airut_ingest.channel) retries,
+    backs off and quarantines."""
+
     def __init__(self, web: WebClient, channel: str, outgoing: Stage, deferred: Stage,
-                 failed: Stage, attachments: Path, retry_limit: int, retry_delay: float,
                  threads: Path):
         self.web = web
         self.channel = channel
         self.outgoing = outgoing
         self.deferred = deferred
-        self.failed = failed
-        self.attachments = attachments
-        self.retry_limit = retry_limit
-        self.retry_delay = retry_delay
         self.threads = threads
-        self.on_delivered = lambda delivery: None  # the progress tracker forgets the task
 
     def compose(self, name: str) -> None:
         """outgoing/NAME -> deferred/NAME, with what it takes to send it."""
@@ -68,23 +65,8 @@ class Outbox:
             files.rename(target)
         self.outgoing.remove(name)
 
-    def attempt(self, name: str, delivery: dict) -> None:
-        """One try at the rest of a delivery; a failure is counted in it."""
-        try:
-            self._steps(name, delivery)
-        except Exception as e:
-            self._failed(name, delivery, e)
-            return
-        self.deferred.remove(name)
-        shutil.rmtree(self.deferred.path / f"{name}.files", ignore_errors=True)
-        for task_id in delivery["tasks"]:
-            shutil.rmtree(self.attachments / task_id, ignore_errors=True)
-        self.on_delivered(delivery)
-        logger.info("reply %s delivered to %s in %d message(s)", name,
-                    delivery["where"]["channel"], len(delivery["chunks"]),
-                    extra={"task": delivery["tasks"][0]})
-
-    def _steps(self, name: str, d: dict) -> None:
+    def steps(self, name: str, d: dict) -> None:
+        """The rest of a delivery, each step written into it before the next."""
         where = d["where"]
         if not where["thread_ts"]:  # a scheduled task's answer: a new message, a new thread
             answer = self.web.chat_postMessage(channel=where["channel"], text=d["chunks"][0],
@@ -162,44 +144,6 @@ class Outbox:
                         logger.warning("%s %s on %s: %s", method, emoji, where["ts"],
                                        api.describe(e))
 
-    def _failed(self, name: str, d: dict, error: Exception) -> None:
-        d["attempts"] = d.get("attempts", 0) + 1
-        d.setdefault("failures", []).append({"time": utc_now(), "reason": api.describe(error)})
-        if d["attempts"] >= self.retry_limit:
-            logger.error("giving up on reply %s after %d attempts: %s; quarantined in %s", name,
-                         d["attempts"], api.describe(error), self.failed.path)
-            self.deferred.put(name, d)
-            files = self.deferred.path / f"{name}.files"
-            if files.exists():
-                files.rename(self.failed.path / f"{name}.files")
-            self.deferred.move_to(name, self.failed)
-            return
-        delay = min(self.retry_delay * 2 ** (d["attempts"] - 1), 3600.0)
-        delay = max(delay, api.retry_after(error) or 0.0)
-        d["next_attempt"] = time.time() + delay
-        self.deferred.put(name, d)
-        logger.warning("cannot deliver reply %s (%s); retrying in %.0f s", name,
-                       api.describe(error), delay)
-
-    def set_aside(self, name: str, stage: Stage, failures: list[dict]) -> None:
-        """A record that cannot be read or composed: into failed/ with its reasons."""
-        try:
-            record = stage.read(name)
-        except FileNotFoundError:
-            return
-        except RecordError as e:
-            raw = stage.file(name).read_bytes()[:100_000]
-            record = {"unreadable": str(e), "raw": raw.decode("utf-8", "replace")}
-        self.failed.put(name, {**record, "failures": [*record.get("failures", []),
-                                                      *failures]})
-        stage.remove(name)
-        files = stage.path / f"{name}.files"
-        if files.exists():
-            files.rename(self.failed.path / f"{name}.files")
-        logger.error("quarantined %s in %s: %s", name, self.failed.path,
-                     "; ".join(f.get("reason", "") for f in failures))
-
-
 def transient(error: Exception) -> bool:
     if isinstance(error, SlackApiError) and error.response is not None:
         return error.response.status_code == 429 or error.response.status_code >= 500
@@ -219,7 +163,7 @@ def delivery_of(name: str, reply: ReplyRecord, outgoing: Path) -> dict:
     as_file = None
     if len(chunks) > mrkdwn.CHUNKS_MAX:
         as_file = reply.text
-        chunks = [mrkdwn.split(text)[0][:3000].rstrip() + "\n\n… _the whole reply is in "
+        chunks = [chunks[0][:3000].rstrip() + "\n\n… _the whole reply is in "
                   "response.md below._"]
     files = []
     if reply.attachments:

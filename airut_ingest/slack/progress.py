@@ -19,7 +19,7 @@ from slack_sdk import WebClient
 from airut_core import paths, schema, tasks, timeline
 from airut_core.spool import RecordError, Stage, write_atomic
 from airut_ingest.slack import api, mrkdwn
-from airut_ingest.slack.intake import Where
+from airut_ingest.slack.address import Where
 
 logger = logging.getLogger("airut.slack")
 PLAN_INTERVAL = 1.0  # seconds between two updates of one plan message
@@ -39,6 +39,7 @@ class Progress:
         self.reader = timeline.Reader()
         self.status_set: set[str] = set()  # tasks whose DM status is shown
         self._last: dict[str, float] = {}
+        self._shown: dict[str, dict | None] = {}  # plan messages posted, by task
 
     def accepted(self, task_id: str, where: Where, title: str | None = None) -> None:
         """Right after the envelope's ack. A new DM conversation gets its title (the
@@ -73,7 +74,10 @@ class Progress:
                 self.status_set.discard(name)
                 self._call("assistant.threads.setStatus", channel_id=where.channel,
                            thread_ts=where.thread_ts, status="")
-            self._plan(name, record, state, where)
+            try:
+                self._plan(name, record, state, where)
+            except Exception:  # one task's unreadable output is not the others' problem
+                logger.exception("the plan of task %s cannot be shown", name)
 
     def _plan(self, task_id: str, record: dict, state: dict, where: Where) -> None:
         offset = schema.count(state.get("events_offset"))
@@ -89,7 +93,7 @@ class Progress:
             return
         text = render_plan(todos)
         posted = self._posted(task_id)
-        if posted and posted.get("text") == text:
+        if posted and posted["text"] == text:
             return
         self._last[task_id] = time.monotonic()
         if posted:
@@ -105,17 +109,25 @@ class Progress:
         for task_id in task_ids:
             self.status_set.discard(task_id)
             self._last.pop(task_id, None)
+            self._shown.pop(task_id, None)
             (self.plans / f"{task_id}.json").unlink(missing_ok=True)
 
     def _posted(self, task_id: str) -> dict | None:
-        try:
-            data = json.loads((self.plans / f"{task_id}.json").read_bytes())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) and isinstance(data.get("ts"), str) else None
+        """The task's plan message (its ts and text): kept here, and on disk for a
+        restarted daemon, which reads it once."""
+        if task_id not in self._shown:
+            try:
+                data = json.loads((self.plans / f"{task_id}.json").read_bytes())
+            except (OSError, ValueError):
+                data = None
+            ok = isinstance(data, dict) and isinstance(data.get("ts"), str) and \
+                isinstance(data.get("text"), str)
+            self._shown[task_id] = data if ok else None
+        return self._shown[task_id]
 
     def _remember(self, task_id: str, data: dict) -> None:
         write_atomic(self.plans / f"{task_id}.json", json.dumps(data).encode(), mode=0o640)
+        self._shown[task_id] = data
 
     def _call(self, method: str, **args: object) -> dict | None:
         try:

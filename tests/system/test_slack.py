@@ -11,6 +11,7 @@ import time
 import pytest
 
 from airut_core.records import TaskRecord
+from airut_ingest.slack.intake import digest
 from tests.slackfake import BOT_USER, FakeSlack
 from tests.system.conftest import SLACK_PORT
 from tests.system.forward import listen_in
@@ -59,13 +60,10 @@ def task_of(lab, ts: str) -> TaskRecord | None:
     return None
 
 
-def conversations_of(lab, channel: str, thread: str) -> set[str]:
-    found = set()
-    for conv in (lab.state / "conversations").glob("*/conversation.json"):
-        data = json.loads(conv.read_text())
-        if data.get("repo") == "chat":
-            found.add(conv.parent.name)
-    return found
+def conversation_of(lab, channel: str, thread: str) -> dict:
+    """The thread's conversation, by the daemon's own thread map."""
+    entry = lab.state / "slack/chat/threads" / f"{digest(f'{channel}:{thread}')}.json"
+    return lab.conversation(json.loads(entry.read_text())["conversation_id"])
 
 
 def test_a_dm_runs_and_the_follow_up_resumes_the_session(lab, slack):
@@ -80,10 +78,7 @@ def test_a_dm_runs_and_the_follow_up_resumes_the_session(lab, slack):
     slack.push(follow)
     second = reply_in(slack, "D0ALICE", first["ts"], count=2)[-1]
     assert "and now?" in second["text"]
-    convs = [c for c in conversations_of(lab, "D0ALICE", first["ts"])
-             if len(lab.conversation(c)["replies"]) == 2]
-    assert len(convs) == 1
-    conv = lab.conversation(convs[0])
+    conv = conversation_of(lab, "D0ALICE", first["ts"])
     assert [r["channel"] for r in conv["replies"]] == ["slack-chat", "slack-chat"]
     assert conv.get("session_id")  # the second run resumed the first one's session
 
@@ -268,7 +263,5 @@ def test_a_scheduled_report_is_a_new_channel_message_and_its_thread_continues(la
                              thread_ts=top["ts"]))
     answer = reply_in(slack, "C0REPORTS", top["ts"], count=2)[-1]  # the report is first
     assert "details please" in answer["text"]
-    convs = [c for c in conversations_of(lab, "C0REPORTS", top["ts"])
-             if [r["sender"] for r in lab.conversation(c)["replies"]][:1] == ["scheduler"]]
-    [conv] = convs
-    assert len(lab.conversation(conv)["replies"]) == 2
+    conv = conversation_of(lab, "C0REPORTS", top["ts"])
+    assert [r["sender"] for r in conv["replies"]] == ["scheduler", f"Alice ({ALICE})"]

@@ -271,7 +271,7 @@ def test_a_mail_the_server_keeps_refusing_is_quarantined_with_its_reasons(tmp_pa
     for attempt in range(1, 4):
         pending = channel.deferred.read("ack-t1") if channel.deferred.exists("ack-t1") else None
         assert pending is not None, f"gone after {attempt - 1} attempts"
-        channel._attempt("ack-t1", pending)
+        channel.attempt("ack-t1", pending)
     assert not channel.deferred.exists("ack-t1")
     quarantined = channel.failed.read("ack-t1")
     assert quarantined["attempts"] == 3 and len(quarantined["failures"]) == 3

@@ -16,8 +16,9 @@ import pytest
 from airut_core import config as config_mod
 from airut_core.records import ReplyRecord, TaskRecord
 from airut_core.spool import Stage
+from airut_ingest.slack.address import Where
 from airut_ingest.slack.daemon import SlackChannel
-from airut_ingest.slack.intake import PENDING, Where
+from airut_ingest.slack.intake import PENDING
 from tests.slackfake import APP_TOKEN, BOT_TOKEN, BOT_USER, FakeSlack
 
 ALICE, BOB, GUEST, MALLORY = "U0ALICE", "U0BOB", "U0GUEST", "U0MALLORY"
@@ -138,13 +139,20 @@ def test_a_dm_becomes_one_task_and_the_reply_lands_in_its_thread(lab, fake):
     wait_for(lambda: not lab.channel.deferred.names(), what="delivery done")
 
 
+def two_in_a_dm_thread(lab: Harness, fake: FakeSlack, texts: tuple[str, str]
+                       ) -> tuple[dict, dict, TaskRecord, TaskRecord]:
+    """A DM and a follow-up in its thread, each made a task: (events, tasks)."""
+    first = fake.message("D0ALICE", ALICE, texts[0])
+    fake.push(first)
+    second = fake.message("D0ALICE", ALICE, texts[1], thread_ts=first["ts"])
+    fake.push(second)
+    one, two = lab.tasks()
+    return first, second, one, two
+
+
 def test_a_follow_up_in_the_thread_continues_the_conversation(lab, fake):
     start(lab)
-    first = fake.message("D0ALICE", ALICE, "first")
-    fake.push(first)
-    follow = fake.message("D0ALICE", ALICE, "second", thread_ts=first["ts"])
-    fake.push(follow)
-    one, two = lab.tasks()
+    first, _, one, two = two_in_a_dm_thread(lab, fake, ("first", "second"))
     assert two.conversation_id == one.conversation_id
     assert Where.loads(two.reply_to).thread_ts == first["ts"]
     time.sleep(0.3)
@@ -249,19 +257,14 @@ def test_an_envelope_redelivered_three_times_makes_one_task(lab, fake):
 
 def test_no_ack_while_the_record_cannot_be_written_and_one_task_after(lab, fake):
     start(lab)
-    staging = lab.channel.deferred.path / "intake"
-    staging.chmod(0o500)
-    if os.access(staging, os.W_OK):  # root ignores modes: make it a file instead
-        staging.chmod(0o700)
-        os.rename(staging, staging.with_name("intake.away"))
-        staging.write_text("")
+    staging, away = lab.channel.staging, lab.channel.staging.with_name("intake.away")
+    os.rename(staging, away)
+    staging.write_text("")  # a file where the record is staged: writing it fails (as root too)
     pending = fake.push(fake.message("D0ALICE", ALICE, "keep me"), wait=False)
     wait_for(lambda: pending.attempts >= 2, what="a redelivery")
     assert pending.acked_at is None and lab.tasks() == []
-    if staging.is_file():
-        staging.unlink()
-        os.rename(staging.with_name("intake.away"), staging)
-    staging.chmod(0o750)
+    staging.unlink()
+    os.rename(away, staging)
     fake.wait_ack(pending)
     assert [t.text for t in lab.tasks()] == ["keep me"]
 
@@ -365,11 +368,7 @@ def test_a_reply_that_never_gets_through_is_quarantined_with_its_reasons(lab, fa
 
 def test_merged_messages_all_get_the_final_reaction(lab, fake):
     start(lab)
-    first = fake.message("D0ALICE", ALICE, "one")
-    fake.push(first)
-    second = fake.message("D0ALICE", ALICE, "two", thread_ts=first["ts"])
-    fake.push(second)
-    one, two = lab.tasks()
+    first, second, one, two = two_in_a_dm_thread(lab, fake, ("one", "two"))
     lab.reply(one, "both failed", outcome="failed", merged=[two])
     for ts in (first["ts"], second["ts"]):
         wait_for(lambda ts=ts: fake.reactions.get(("D0ALICE", ts)) == {"x"}, what="❌")

@@ -10,7 +10,7 @@ import pytest
 from airut_core import config as config_mod
 from airut_core.config import ConfigError
 from airut_ingest.slack import events, mrkdwn
-from airut_ingest.slack.intake import Where
+from airut_ingest.slack.address import Where
 
 
 @pytest.mark.parametrize("markdown,expected", [
