@@ -15,6 +15,8 @@ For operators (as root):
   airut logs TASK [-f]                  one task's story across every daemon
   airut setup claude                    install the pinned Claude Code CLI (npm)
   airut check-config                    only validate the configuration file
+  airut sandbox run [--repo R] [--dir D] -- CMD   a command in a task's sandbox
+  airut sandbox image hash|save|load    the image cache of CI (doc/sandbox.md)
 """
 
 from __future__ import annotations
@@ -104,6 +106,29 @@ def main(argv: list[str] | None = None) -> None:
                                 help="queue a schedule's task now (what its timer runs)")
     p.add_argument("schedule", help="<repo>--<name>")
 
+    p = sub.add_parser("sandbox", help="any command in a task's sandbox (doc/sandbox.md)")
+    sandbox_sub = p.add_subparsers(dest="sandbox_command", required=True)
+    p = sandbox_sub.add_parser(
+        "run", parents=[common],
+        help="run CMD in the sandbox a task would get; exit code: the command's, 124 "
+             "timeout, 125 sandbox error, 137 out of memory, 130 stopped")
+    _sandbox_source(p)
+    p.add_argument("--timeout", type=int, help="seconds (default: the repository's "
+                   "resource_limits.timeout)")
+    p.add_argument("--network-log", metavar="FILE",
+                   help="write the command's network log (allowed and blocked) here")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p = sandbox_sub.add_parser("image", help="the sandbox image, for CI caches")
+    image_sub = p.add_subparsers(dest="image_command", required=True)
+    _sandbox_source(image_sub.add_parser("hash", parents=[common],
+                                         help="print the content hash the image is tagged by"))
+    p = image_sub.add_parser("save", parents=[common], help="write the image to a tarball")
+    _sandbox_source(p)
+    p.add_argument("file")
+    p = image_sub.add_parser("load", parents=[common],
+                             help="load an image saved with save (checked against its tag)")
+    p.add_argument("file")
+
     p = sub.add_parser("email", help="the email channel")
     email_sub = p.add_subparsers(dest="email_command", required=True)
     p = email_sub.add_parser("check", parents=[common],
@@ -118,6 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, local.SubmitError) as e:
         print(f"airut: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def _sandbox_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="trusted configuration from this repository's default "
+                   "branch (image, allowlist, secrets, limits)")
+    p.add_argument("--dir", help="the workspace (default: the current directory; with "
+                   "--repo, a fresh clone of its default branch); without --repo also the "
+                   "trusted configuration, from its .airut/")
 
 
 def _reply_options(p: argparse.ArgumentParser) -> None:
@@ -314,7 +347,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from airut_cli import sandbox
+
+    return sandbox.main(config_mod.load(args.config), args)
+
+
 COMMANDS = {"submit": cmd_submit, "wait": cmd_wait, "stop": cmd_stop,
             "check-config": cmd_check_config, "email": cmd_email, "check": cmd_check,
             "reload": cmd_reload, "status": cmd_status, "tasks": cmd_tasks, "logs": cmd_logs,
-            "setup": cmd_setup, "schedule": cmd_schedule}
+            "setup": cmd_setup, "schedule": cmd_schedule, "sandbox": cmd_sandbox}

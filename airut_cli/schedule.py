@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +110,82 @@ def fire(cfg: Config, instance: str) -> str:
                    "is still queued or running")
         logger.warning("%s", message)
         return message
-    task = record(repo_id, name, sched)
+    text = None
+    if sched.trigger_command is not None:
+        text, said = trigger(cfg, repo_id, name, sched)
+        if text is None:
+            logger.info("%s", said, extra={"repo": repo_id})
+            return said
+    task = record(repo_id, name, sched, text)
     Spool(cfg.paths.spool).incoming.ensure().put(task.task_id, task.to_dict())
     write_atomic(state / f"{instance}.json", json.dumps(
         {"task_id": task.task_id, "time": utc_now()}).encode(), mode=0o640)
     message = f"schedule {name} of {repo_id}: task {task.task_id} queued"
     logger.info("%s", message, extra={"task": task.task_id, "repo": repo_id})
     return message
+
+
+TAIL = 4096  # bytes of a failing command's output in the prompt
+
+
+def trigger(cfg: Config, repo_id: str, name: str, sched: ScheduleConfig,
+            ) -> tuple[str | None, str]:
+    """Script mode: the trigger_command in the repository's sandbox (airut sandbox run's
+    path). Returns the prompt (None: nothing to do) and what to log."""
+    from airut_core import commands
+    from airut_core.records import CommandRecord
+
+    command = str(sched.trigger_command)
+    request = CommandRecord(argv=["/bin/sh", "-c", command], repo=repo_id,
+                            requested_by=f"schedule {name}", timeout=sched.trigger_timeout)
+    spool = Spool(cfg.paths.spool)
+    cid = commands.submit(spool, request)
+
+    def on_stop(signum: int, frame: object) -> None:  # systemctl stop: the command too
+        commands.stop(spool, cid, f"schedule {name} (stopped)")
+        raise SystemExit(f"schedule {name} of {repo_id}: stopped with its trigger command")
+
+    previous = signal.signal(signal.SIGTERM, on_stop)
+    run = commands.run_dir(cfg.paths.state, cid)
+    try:
+        result = commands.follow(run, None, None, poll=0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        out = _read(run / "stdout", sched.output_limit)
+        tail = _tail(run / "stdout") + _tail(run / "stderr")
+    finally:
+        commands.remove_run(run)
+    if result.outcome == "exited" and result.exit_code == 0:
+        if not out.strip():
+            return None, (f"schedule {name} of {repo_id}: its trigger command printed "
+                          "nothing; no task")
+        return out, ""
+    reason = result.error or f"exit code {result.exit_code}"
+    logger.warning("schedule %s of %s: trigger command failed (%s)", name, repo_id, reason,
+                   extra={"repo": repo_id})
+    fence = "````"
+    return (f"The trigger command of this scheduled task failed, so there was no prompt. "
+            f"Find out why from what follows and report it.\n\nCommand: {command}\n"
+            f"Exit code: {result.exit_code} ({reason})\n\nIts output (the end of stdout, "
+            f"then of stderr):\n{fence}\n{tail.strip()}\n{fence}\n"), ""
+
+
+def _read(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - TAIL))
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _last(path: Path) -> str | None:

@@ -405,9 +405,8 @@ def _check_schedule(where: str, repo: RepoConfig, sched: ScheduleConfig) -> None
         raise ConfigError(f"{where}: exactly one of cron and on_calendar")
     if (sched.prompt is None) == (sched.trigger_command is None):
         raise ConfigError(f"{where}: exactly one of prompt and trigger_command")
-    if sched.trigger_command is not None:
-        raise ConfigError(f"{where}.trigger_command: script mode is not available in this "
-                          "version of airut; use prompt")
+    if sched.trigger_command is not None and not sched.trigger_command.strip():
+        raise ConfigError(f"{where}.trigger_command: empty")
     try:
         if sched.timezone:
             schedule.check_timezone(sched.timezone)

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 
-FIELDS = {"task": "AIRUT_TASK", "conversation": "AIRUT_CONVERSATION", "repo": "AIRUT_REPO"}
+FIELDS = {"task": "AIRUT_TASK", "conversation": "AIRUT_CONVERSATION", "repo": "AIRUT_REPO",
+          "sandbox": "AIRUT_SANDBOX"}
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
              logging.CRITICAL: 2}
 

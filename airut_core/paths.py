@@ -44,6 +44,8 @@ class Spool:
     builds/             image build units' ExecStopPost       (how an image build ended)
     outgoing/<channel>/ airut-runner                          (reply records)
     control/            airut-web and `airut stop`            (stop requests)
+    commands/           `airut sandbox run`, `airut schedule fire` (commands to run)
+    command-ends/       command units' ExecStopPost           (how a command unit ended)
     deferred/<channel>/ the channel's daemon                  (replies waiting to retry)
     failed/<stage>/     the stage's consumer                  (quarantine, with reasons)
     """
@@ -55,6 +57,8 @@ class Spool:
         self.finished = Stage(self.root / "finished")
         self.builds = Stage(self.root / "builds")
         self.control = Stage(self.root / "control")
+        self.commands = Stage(self.root / "commands")
+        self.command_ends = Stage(self.root / "command-ends")
 
     def outgoing(self, channel: str) -> Stage:
         return Stage(self.root / "outgoing" / _checked(CHANNEL, channel, "channel"))
@@ -63,7 +67,8 @@ class Spool:
         return Stage(self.root / "failed" / stage)
 
     def ensure(self) -> Spool:
-        for stage in (self.incoming, self.active, self.finished, self.builds, self.control):
+        for stage in (self.incoming, self.active, self.finished, self.builds, self.control,
+                      self.commands, self.command_ends):
             stage.ensure()
         return self
 

@@ -1,4 +1,4 @@
-"""The records that travel through the spool: task, reply, control.
+"""The records that travel through the spool: task, reply, control, command.
 
 Each record is a JSON object with a "schema" member such as "airut.task/1". A
 reader accepts its own major version and refuses others with a clear error, so a
@@ -99,4 +99,26 @@ class ControlRecord(Record):
     task_id: TaskId
     action: Annotated[str, OneOf(("stop",))] = "stop"
     requested_by: str = ""
+    created: str = field(default_factory=utc_now)
+
+
+@dataclass
+class CommandRecord(Record):
+    """A command to run in a task's sandbox (`airut sandbox run`, a schedule's
+    trigger_command); written by root's `airut` only (airut_core/commands.py)."""
+
+    KIND: ClassVar[str] = "command"
+    argv: list[str]
+    requested_by: str
+    # The image, allowlist, secrets and limits come from this repository's default
+    # branch; without it, from `tree` and `allowlist` (read from a trusted checkout).
+    repo: RepoId | None = None
+    # The host directory mounted at /workspace, and the host ids its container root
+    # maps to; None: a fresh clone of the repository's default branch.
+    workspace: str | None = None
+    workspace_owner: list[int] = field(default_factory=list)  # [uid, gid]
+    tree: str | None = None  # the image's context: <id>.context/ next to the record
+    allowlist: str | None = None  # the allowlist file's text (no repository)
+    timeout: Annotated[int, schema.Range(min=1)] | None = None  # seconds; else the limits'
+    command_id: TaskId = field(default_factory=new_name)
     created: str = field(default_factory=utc_now)

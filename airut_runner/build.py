@@ -18,16 +18,18 @@ FAILED = ("The container image for this repository failed to build, so the task 
           "run. Fix {path}/Dockerfile on the default branch, then send your message again.")
 
 
-def start(ctx: Context, name: str, prepared: Prepared) -> None:
+def start(ctx: Context, name: str, prepared: Prepared, waiting: dict | None = None) -> None:
+    """Build the image a task (or, with waiting=ctx.command_building, a command) needs."""
     spec = prepared.image
     build = images.BuildUnit(spec=spec, context=prepared.build_context,
-                             repo=prepared.conversation.repo, spool_dir=str(ctx.spool.root),
+                             repo=prepared.repo, spool_dir=str(ctx.spool.root),
                              timeout=ctx.cfg.agent.build_timeout, no_cache=prepared.rebuild)
-    under_way = any(p.image.tag == spec.tag for p in ctx.building.values())
+    under_way = any(p.image.tag == spec.tag for p in [*ctx.building.values(),
+                                                      *ctx.command_building.values()])
     # Only once the unit is started (or known to be) does the task wait for it: a unit
     # that cannot start must not hold the task's slot.
     started = not under_way and ctx.systemd.start(build.name, build.properties())
-    ctx.building[name] = prepared
+    (ctx.building if waiting is None else waiting)[name] = prepared
     if started:
         ctx.log(name).info("building image %s in unit %s%s", spec.tag, build.name,
                            " (stale, without cache)" if prepared.rebuild else "")
@@ -41,6 +43,7 @@ class Built:
     ok: bool
     invocation: str | None
     waiters: dict[str, Prepared]
+    commands: dict  # command id -> its CommandPrepared
 
 
 def collect(ctx: Context, build_name: str) -> Built:
@@ -51,12 +54,17 @@ def collect(ctx: Context, build_name: str) -> Built:
     waiters = {n: p for n, p in ctx.building.items() if p.image.build_name == build_name}
     for name in waiters:
         del ctx.building[name]
+    commands = {n: p for n, p in ctx.command_building.items()
+                if p.image.build_name == build_name}
+    for name in commands:
+        del ctx.command_building[name]
     if ok:
         ctx.image_created[f"{images.REPO_IMAGE}:{build_name}"] = time.time()
     ctx.spool.builds.remove(build_name)
     for context in (ctx.state_dir / "builds").glob(f"{build_name}-*"):  # every task's copy
         shutil.rmtree(context, ignore_errors=True)
-    return Built(build_name, ok, invocation if isinstance(invocation, str) else None, waiters)
+    return Built(build_name, ok, invocation if isinstance(invocation, str) else None, waiters,
+                 commands)
 
 
 def failed(ctx: Context, name: str, tail: list[str]) -> Refused:

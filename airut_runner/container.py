@@ -74,26 +74,14 @@ class AgentRun:
                f"--label=airut.task={self.container_name.removeprefix('airut-')}",
                f"--network={self.network}", "--workdir=/workspace",
                f"--env-file={self.env_file}",
-               "--cap-drop=ALL", f"--cap-add={','.join(CAPABILITIES)}",
-               "--security-opt=no-new-privileges",
                f"--uidmap=0:{self.uid_base}:{USERNS_SIZE}",
                f"--gidmap=0:{self.uid_base}:{USERNS_SIZE}",
                f"--entrypoint={CLAUDE_IN_CONTAINER}"]
-        if self.seccomp_profile:
-            cmd.append(f"--security-opt=seccomp={self.seccomp_profile}")
-        if self.sandbox_gateway:
-            # Every name resolves to the gateway, where the proxy waits. No IPv6: the
-            # host's link-local address must not be a way around the firewall.
-            cmd += [f"--dns={self.sandbox_gateway}",
-                    "--sysctl=net.ipv6.conf.all.disable_ipv6=1"]
+        cmd += confinement(self.seccomp_profile, self.sandbox_gateway, self.hosts_file,
+                           self.proxy_ca)
         for sub, target in MOUNTS:
             cmd.append(f"--volume={self.conversation_dir / sub}:{target}:rw")
         cmd.append(f"--volume={self.claude_binary}:{CLAUDE_IN_CONTAINER}:ro")
-        if self.hosts_file:
-            cmd.append(f"--volume={self.hosts_file}:/etc/hosts:ro")
-        if self.proxy_ca:
-            cmd += [f"--volume={self.proxy_ca}:{CA_IN_CONTAINER}:ro",
-                    f"--volume={self.proxy_ca}:{CA_BUNDLE_IN_CONTAINER}:ro"]
         cmd.append(self.image)
         if self.resume_session:
             cmd += ["--resume", self.resume_session]
@@ -103,6 +91,65 @@ class AgentRun:
         cmd += ["-p", "-", "--output-format", "stream-json", "--verbose",
                 "--dangerously-skip-permissions"]
         return cmd
+
+
+# A command runs through sh's exec: one that is not there exits 127 (126: not
+# executable) as in a shell, not 1 with a message of podman's init.
+EXEC = ["/bin/sh", "-c", 'exec "$@"', "sh"]
+
+
+@dataclass
+class CommandRun:
+    """A command in the sandbox (`airut sandbox run`, a schedule's trigger_command): a
+    task's confinement, its workspace at /workspace, no Claude Code mounts, and the
+    command as the entrypoint (the image's own entrypoint and CMD do not run; the
+    image needs /bin/sh)."""
+
+    container_name: str
+    command_id: str
+    image: str
+    command: list[str]
+    network: str
+    env_file: Path
+    workspace: Path
+    uid_map: list[str]  # podman --uidmap values: container root first
+    gid_map: list[str]
+    sandbox_gateway: str | None = None
+    proxy_ca: str | None = None
+    hosts_file: str | None = None
+    seccomp_profile: str | None = None
+
+    def argv(self) -> list[str]:
+        cmd = [PODMAN, "run", "--rm", "--init", "--cgroups=split", "--log-driver=none",
+               "--pull=never", f"--name={self.container_name}",
+               f"--label=airut.command={self.command_id}", f"--network={self.network}",
+               "--workdir=/workspace", f"--env-file={self.env_file}",
+               *[f"--uidmap={m}" for m in self.uid_map],
+               *[f"--gidmap={m}" for m in self.gid_map],
+               f"--entrypoint={json.dumps([*EXEC, *self.command])}"]
+        cmd += confinement(self.seccomp_profile, self.sandbox_gateway, self.hosts_file,
+                           self.proxy_ca)
+        cmd += [f"--volume={self.workspace}:/workspace:rw", self.image]
+        return cmd
+
+
+def confinement(seccomp_profile: str | None, sandbox_gateway: str | None,
+                hosts_file: str | None, proxy_ca: str | None) -> list[str]:
+    """What confines every task's and command's container beyond its user namespace."""
+    cmd = ["--cap-drop=ALL", f"--cap-add={','.join(CAPABILITIES)}",
+           "--security-opt=no-new-privileges"]
+    if seccomp_profile:
+        cmd.append(f"--security-opt=seccomp={seccomp_profile}")
+    if sandbox_gateway:
+        # Every name resolves to the gateway, where the proxy waits. No IPv6: the
+        # host's link-local address must not be a way around the firewall.
+        cmd += [f"--dns={sandbox_gateway}", "--sysctl=net.ipv6.conf.all.disable_ipv6=1"]
+    if hosts_file:
+        cmd.append(f"--volume={hosts_file}:/etc/hosts:ro")
+    if proxy_ca:
+        cmd += [f"--volume={proxy_ca}:{CA_IN_CONTAINER}:ro",
+                f"--volume={proxy_ca}:{CA_BUNDLE_IN_CONTAINER}:ro"]
+    return cmd
 
 
 HOST_NAME = "host.containers.internal"
@@ -165,7 +212,8 @@ def host_url(url: str | None, gateway: str) -> str | None:
 
 
 def env_file_text(secrets: dict[str, str], api_base_url: str | None,
-                  extra: dict[str, str] | None = None, sandboxed: bool = False) -> str:
+                  extra: dict[str, str] | None = None, sandboxed: bool = False,
+                  agent: bool = True) -> str:
     """The container's environment as an --env-file: secrets stay out of unit properties.
 
     Server-wide agent.env first, then the repository's secrets (and the surrogates of
@@ -176,7 +224,8 @@ def env_file_text(secrets: dict[str, str], api_base_url: str | None,
         env["ANTHROPIC_BASE_URL"] = api_base_url
     if sandboxed:
         env.update(CA_ENV)
-    env.update(AGENT_ENV)  # forced values win over repository settings
+    if agent:
+        env.update(AGENT_ENV)  # forced values win over repository settings
     for key, value in env.items():
         if "\n" in key or "\n" in value or "=" in key:
             raise ValueError(f"environment variable {key!r} cannot be passed to the container")

@@ -52,6 +52,10 @@ class Prepared:
     policy: PolicyRecord | None  # the proxy's instructions; None when the sandbox is off
     disk_start: int = 0  # bytes the conversation took before this run
 
+    @property
+    def repo(self) -> str:
+        return self.conversation.repo
+
 
 class Context:
     def __init__(self, cfg: Config, systemd: units.Systemd, podman: Podman):
@@ -84,6 +88,9 @@ class Context:
         self.records = Guard("record", logger, delay=1.0)  # invalid ones: aside at once
         self.controls = Guard("stop request", logger, delay=1.0)
         self.builds = Guard("image build result", logger, delay=1.0)
+        # Commands in the sandbox (commands.py): in flight, and those waiting for an image.
+        self.commands: dict = {}
+        self.command_building: dict = {}
 
     # -- in flight ------------------------------------------------------------------
 

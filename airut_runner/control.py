@@ -1,16 +1,17 @@
-"""Stop requests from control/ (`airut stop`, the dashboard).
+"""Stop requests from control/ (`airut stop`, the dashboard, `airut sandbox run`).
 
-A request names a task wherever it is: waiting in incoming/ (checked and claimed
-like any task, then answered at once as stopped; a record that is no task is left
-to the claim, which sets it aside), claimed and waiting for its image or a retry,
-or running (its unit is stopped; the unit's end is handled like any other). A task
-whose unit has vanished is left to the loop's check for lost units.
+A request names a sandbox command (commands.py stops it) or a task wherever it is:
+waiting in incoming/ (checked and claimed like any task, then answered at once as
+stopped; a record that is no task is left to the claim, which sets it aside), claimed
+and waiting for its image or a retry, or running (its unit is stopped; the unit's end
+is handled like any other). A task whose unit has vanished is left to the loop's
+check for lost units.
 """
 
 from __future__ import annotations
 
 from airut_core.records import ControlRecord, RecordError
-from airut_runner import claim, finish
+from airut_runner import claim, commands, finish
 from airut_runner.context import Context, Refused
 from airut_runner.outcome import Exit
 
@@ -24,7 +25,12 @@ def handle(ctx: Context, request: str) -> None:
         return
     except RecordError as e:
         raise Refused(str(e)) from e
-    if stop(ctx, control.task_id, control.requested_by or "unknown"):
+    who = control.requested_by or "unknown"
+    if commands.is_command(ctx, control.task_id):
+        done = commands.stop(ctx, control.task_id, who)
+    else:
+        done = stop(ctx, control.task_id, who)
+    if done:
         ctx.spool.control.remove(request)
 
 

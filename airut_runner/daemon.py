@@ -8,6 +8,7 @@ else itself:
   finished/<task>    a unit ended -> finish (a worker reads its output; then reply)
   builds/<image>     an image build ended -> start the tasks that waited for it
   control/<req>      a stop request -> control
+  commands/<id>      a command for the sandbox -> commands (its own small life)
   running units      vanished without a result -> finish as lost; over their disk
                      budget -> stopped (disk)
   preparing tasks    a worker made them ready -> build their image or start their unit
@@ -41,6 +42,7 @@ from airut_core.spool import Doorbell
 from airut_runner import (
     build,
     claim,
+    commands,
     container,
     control,
     disk,
@@ -96,7 +98,8 @@ class Runner:
         ctx = self.ctx
         notifier = sdnotify.SystemdNotifier()
         ctx.bell = Doorbell([ctx.spool.incoming.path, ctx.spool.finished.path,
-                             ctx.spool.builds.path, ctx.spool.control.path])
+                             ctx.spool.builds.path, ctx.spool.control.path,
+                             ctx.spool.commands.path, ctx.spool.command_ends.path])
         workspace.remove_stale(ctx.state_dir)
         self.adopt()
         self.tick()
@@ -133,6 +136,7 @@ class Runner:
             self.finish_ended()
             self.collect_builds()
             self.handle_controls()
+            commands.tick(self.ctx)
             self.check_lost()
             self.collect_workers()
             self.start_waiting()
@@ -151,6 +155,8 @@ class Runner:
             parts.append(f"{len(ctx.building)} waiting for an image")
         if ctx.waiting_ready:
             parts.append(f"{len(ctx.waiting_ready)} waiting for the network sandbox")
+        if ctx.commands:
+            parts.append(f"{len(ctx.commands)} sandbox command(s)")
         parts.append(f"{len(ctx.spool.incoming.names())} waiting")
         aside = ctx.tasks.quarantined_total + ctx.records.quarantined_total
         if aside:
@@ -209,7 +215,8 @@ class Runner:
             keep = {resource(name) for name in ctx.running}
             for gone in ctx.podman.remove_leftover_containers(keep):
                 logger.info("removed leftover container %s", gone)
-            keep = {resource(name) for name in ctx.spool.active.names()}
+            keep = {resource(name) for name in ctx.spool.active.names()} | {
+                commands.network_name(c) for c in ctx.spool.commands.names()}
             for gone in ctx.podman.remove_leftover_networks(keep):
                 logger.info("removed leftover network %s", gone)
         except Exception as e:
@@ -265,6 +272,8 @@ class Runner:
                         ctx.tasks.fail(name, build.failed(ctx, name, tail),
                                        quarantine=partial(self._give_up, name),
                                        log=ctx.log(name))
+                for cid, prepared in built.commands.items():
+                    commands.built(ctx, cid, prepared, built.ok, tail)
 
     def handle_controls(self) -> None:
         ctx = self.ctx

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from airut_core import conversation
+from airut_core import commands, conversation
 from airut_core.config import Config
 from airut_core.paths import Spool
 from airut_runner import images, uids
@@ -45,6 +45,7 @@ def run(cfg: Config, podman: Podman | None = None) -> int:
         ("failure counts", lambda: clean_old_files(state_dir / "runner" / "failures",
                                                    FAILURES_MAX_AGE)),
         ("temporary files", lambda: clean_tmp(spool)),
+        ("sandbox command results", lambda: clean_command_runs(spool, state_dir)),
     ]
     status = 0
     for what, part in parts:
@@ -107,6 +108,7 @@ def clean_conversations(spool: Spool, state_dir: Path, max_age_days: float,
         logger.info("removed conversation %s (repository %s), idle for %.1f days", cid,
                     repo or "?", age / DAY, extra={"conversation": cid, "repo": repo})
     live = {p.name.removeprefix(".new-") for p in root.iterdir()} if root.is_dir() else set()
+    live |= {commands.uid_claim(name) for name in spool.commands.names()}
     for cid in pool.reconcile(live):
         logger.info("freed the id range of conversation %s, which no longer exists", cid)
 
@@ -125,9 +127,25 @@ def prune_images(cfg: Config, spool: Spool, state_dir: Path, podman: Podman) -> 
                 state = spool.active.read(name).get("state") or {}
                 if isinstance(state.get("image"), str):
                     keep.add(state["image"])
+        for name in spool.commands.names():  # a command's image, from its preparation on
+            with contextlib.suppress(Exception):
+                keep.add((commands.run_dir(state_dir, name) / "image").read_text())
         removed = podman.prune_images(keep)
     if removed:
         logger.info("pruned %d unused images: %s", len(removed), ", ".join(removed))
+
+
+def clean_command_runs(spool: Spool, state_dir: Path,
+                       max_age: float = commands.RUN_DIR_MAX_AGE) -> None:
+    """Sandbox command directories nobody came back for (the asker removes its own)."""
+    root = state_dir / "sandbox"
+    pending = set(spool.commands.names())
+    for run in sorted(root.iterdir()) if root.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            if run.name not in pending and time.time() - run.stat().st_mtime > max_age:
+                shutil.rmtree(run, ignore_errors=True)
+                logger.info("removed the output of sandbox command %s, never collected",
+                            run.name)
 
 
 def clean_old_files(directory: Path, max_age: float) -> None:

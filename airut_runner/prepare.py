@@ -10,6 +10,7 @@ own thread and starts the image build or the task's unit.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 
 from airut_core import paths
@@ -53,7 +54,9 @@ def prepare(ctx: Context, name: str) -> Prepared:
     # At once, so a failure further on retries in this conversation, not a new one.
     _note_conversation(ctx, name, conv.conversation_id)
     with images.in_use(ctx.state_dir):  # housekeeping prunes no image we are taking
-        spec, context, rebuild = _image(ctx, name, mirror, repo)
+        spec = images.resolve(mirror, repo.container_path, ctx.cfg.agent.image)
+        context, rebuild = image_context(ctx, name, spec, lambda target: mirror.export(
+            str(spec.tree), target))
         ctx.note(name, {"image": spec.tag})
     cdir = paths.conversation_dir(ctx.state_dir, conv.conversation_id)
     gateway, policy, secrets, base_url = _network(ctx, name, task, repo, conv, mirror)
@@ -73,23 +76,23 @@ def prepare(ctx: Context, name: str) -> Prepared:
     return Prepared(conv, spec, context, rebuild, gateway, policy, disk.usage(cdir))
 
 
-def _image(ctx: Context, name: str, mirror: Mirror,
-           repo: RepoConfig) -> tuple[ImageSpec, Path | None, bool]:
-    """The task's image, and the build context to export when it must be (re)built."""
-    spec = images.resolve(mirror, repo.container_path, ctx.cfg.agent.image)
+def image_context(ctx: Context, name: str, spec: ImageSpec,
+                  export: Callable[[Path], None]) -> tuple[Path | None, bool]:
+    """The build context to export (with `export`) when the image must be (re)built,
+    and whether it is a rebuild of a stale image; (None, False) when it is there."""
     if not spec.built_here:
-        return spec, None, False
+        return None, False
     created = ctx.image_created.get(spec.tag) or ctx.podman.image_created(spec.tag)
     rebuild = created is not None and images.is_stale(created,
                                                       ctx.cfg.agent.image_max_age_hours)
     if created is not None and not rebuild:
         ctx.image_created[spec.tag] = created
-        return spec, None, False
+        return None, False
     # The task's own copy: another task's export must not change or remove a context
     # while a build reads it.
     context = ctx.state_dir / "builds" / f"{spec.build_name}-{name}"
-    mirror.export(spec.tree, context)
-    return spec, context, rebuild
+    export(context)
+    return context, rebuild
 
 
 def _network(ctx: Context, name: str, task: TaskRecord, repo: RepoConfig, conv: Conversation,

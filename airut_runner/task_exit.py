@@ -5,8 +5,8 @@ after the main process is gone, so the unit's memory counters still tell whether
 the kernel killed something for exceeding MemoryMax. systemd passes
 SERVICE_RESULT, EXIT_CODE and EXIT_STATUS.
 
-Usage: python -m airut_runner.task_exit [--stage builds] SPOOL_DIR NAME
-(image build units use the same helper, writing into builds/ instead)
+Usage: python -m airut_runner.task_exit [--stage builds|command-ends] SPOOL_DIR NAME
+(image build and command units use the same helper, writing into their own stage)
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "finished": utc_now(),
     }
     spool = Spool(spool_dir)
-    target = spool.builds if stage == "builds" else spool.finished
+    target = {"builds": spool.builds, "command-ends": spool.command_ends}.get(stage,
+                                                                             spool.finished)
     target.ensure().put(task_id, marker)
     return 0
 

@@ -53,6 +53,13 @@ class Pool:
                           "(agent.uid_ranges); old conversations are removed by housekeeping "
                           "after execution.conversation_max_age_days")
 
+    def find(self, owner: str) -> int | None:
+        """The first id of the range `owner` holds, or None."""
+        for slot, claimed in self._claims().items():
+            if claimed == owner:
+                return self.uid_base(slot)
+        return None
+
     def release(self, conversation_id: str) -> None:
         for slot, owner in self._claims().items():
             if owner == conversation_id:

@@ -46,47 +46,95 @@ class TaskUnit:
     stop_grace: int
 
     def properties(self) -> dict[bytes, object]:
-        exit_helper = [sys.executable, "-m", "airut_runner.task_exit", self.spool_dir,
-                       self.task_id]
-        fields = {"AIRUT_TASK": self.task_id, "AIRUT_CONVERSATION": self.conversation_id,
-                  "AIRUT_REPO": self.repo}
-        return {
-            b"Description": f"airut task {self.task_id} (conversation {self.conversation_id}, "
-                            f"repository {self.repo})".encode(),
-            b"Slice": SLICE.encode(),
-            b"ExecStart": [exec_line(self.argv)],
-            b"ExecStopPost": [exec_line(exit_helper)],
-            b"StandardInputFile": str(self.stdin_file).encode(),
-            b"StandardOutputFileToAppend": str(self.stdout_file).encode(),
-            b"StandardError": b"journal",
-            b"SyslogIdentifier": b"airut-task",
-            b"LogExtraFields": [f"{k}={v}".encode() for k, v in fields.items()],
-            b"MemoryMax": self.limits.memory,
-            # cgroup v2: MemoryMax caps RAM only; on a host with swap, a task past its
-            # limit would swap (as far as the host's swap goes) instead of ending as
-            # out_of_memory. v1 has no such knob here and ignores it.
-            b"MemorySwapMax": 0,
-            # podman --cgroups=split puts the container in sub-cgroups of this unit and,
-            # on cgroup v2, enables controllers for them; from then on the unit's own
-            # cgroup may hold no process (v2's no-internal-process rule), and without
-            # delegation systemd fails to start ExecStopPost there ("Failed to attach
-            # to cgroup ... Device or resource busy", status 219/CGROUP): no task would
-            # write its result. Delegated, the subtree is podman's and systemd runs
-            # control processes in a .control sub-cgroup (task_exit.py looks up).
-            b"Delegate": True,
-            # Any process of the task killed for memory stops the whole task and the
-            # unit ends with result oom-kill (v2; v1 cannot see such kills). It must be
-            # explicit: with Delegate=yes systemd's default is `continue`.
-            b"OOMPolicy": b"stop",
-            b"CPUQuotaPerSecUSec": int(self.limits.cpus * 1_000_000),
-            b"TasksMax": self.limits.pids_limit,
-            b"RuntimeMaxUSec": self.limits.timeout * 1_000_000,
-            # SIGTERM to podman alone, which stops the container cleanly; then
-            # SIGKILL to everything left after the grace period.
-            b"KillMode": b"mixed",
-            b"TimeoutStopUSec": self.stop_grace * 1_000_000,
-            b"CollectMode": b"inactive-or-failed",
-        }
+        return service(
+            f"airut task {self.task_id} (conversation {self.conversation_id}, repository "
+            f"{self.repo})", self.argv, ["finished", self.spool_dir, self.task_id],
+            "airut-task", {"AIRUT_TASK": self.task_id,
+                           "AIRUT_CONVERSATION": self.conversation_id, "AIRUT_REPO": self.repo},
+            limit_properties(self.limits, self.limits.timeout, self.stop_grace),
+            {b"StandardInputFile": str(self.stdin_file).encode(),
+             b"StandardOutputFileToAppend": str(self.stdout_file).encode(),
+             b"StandardError": b"journal"})
+
+
+def service(description: str, argv: list[str], marker: list[str], identifier: str,
+            fields: dict[str, str], limits: dict[bytes, object], io: dict[bytes, object],
+            ) -> dict[bytes, object]:
+    """A task's or a command's transient service: its ExecStopPost writes how it ended
+    into the spool (task_exit: stage, spool directory, name)."""
+    stage, *args = marker
+    exit_helper = [sys.executable, "-m", "airut_runner.task_exit", "--stage", stage, *args]
+    return {
+        b"Description": description.encode(),
+        b"Slice": SLICE.encode(),
+        b"ExecStart": [exec_line(argv)],
+        b"ExecStopPost": [exec_line(exit_helper)],
+        **io,
+        b"SyslogIdentifier": identifier.encode(),
+        b"LogExtraFields": [f"{k}={v}".encode() for k, v in fields.items()],
+        **limits,
+    }
+
+
+def limit_properties(limits: ResourceLimits, timeout: int, stop_grace: int,
+                     ) -> dict[bytes, object]:
+    """A task's limits and how it is stopped, for a task's or a command's unit."""
+    return {
+        b"MemoryMax": limits.memory,
+        # cgroup v2: MemoryMax caps RAM only; on a host with swap, a task past its
+        # limit would swap (as far as the host's swap goes) instead of ending as
+        # out_of_memory. v1 has no such knob here and ignores it.
+        b"MemorySwapMax": 0,
+        # podman --cgroups=split puts the container in sub-cgroups of this unit and,
+        # on cgroup v2, enables controllers for them; from then on the unit's own
+        # cgroup may hold no process (v2's no-internal-process rule), and without
+        # delegation systemd fails to start ExecStopPost there ("Failed to attach
+        # to cgroup ... Device or resource busy", status 219/CGROUP): no task would
+        # write its result. Delegated, the subtree is podman's and systemd runs
+        # control processes in a .control sub-cgroup (task_exit.py looks up).
+        b"Delegate": True,
+        # Any process of the task killed for memory stops the whole task and the
+        # unit ends with result oom-kill (v2; v1 cannot see such kills). It must be
+        # explicit: with Delegate=yes systemd's default is `continue`.
+        b"OOMPolicy": b"stop",
+        b"CPUQuotaPerSecUSec": int(limits.cpus * 1_000_000),
+        b"TasksMax": limits.pids_limit,
+        b"RuntimeMaxUSec": timeout * 1_000_000,
+        # SIGTERM to podman alone, which stops the container cleanly; then
+        # SIGKILL to everything left after the grace period.
+        b"KillMode": b"mixed",
+        b"TimeoutStopUSec": stop_grace * 1_000_000,
+        b"CollectMode": b"inactive-or-failed",
+    }
+
+
+@dataclass
+class CommandUnit:
+    """A command in the sandbox (airut_runner/commands.py): its output into two files,
+    stdin empty, the same limits and stop as a task's unit."""
+
+    name: str
+    argv: list[str]
+    stdout_file: Path
+    stderr_file: Path
+    spool_dir: str
+    command_id: str
+    repo: str | None
+    limits: ResourceLimits
+    timeout: int
+    stop_grace: int
+
+    def properties(self) -> dict[bytes, object]:
+        fields = {"AIRUT_SANDBOX": self.command_id}
+        if self.repo:
+            fields["AIRUT_REPO"] = self.repo
+        return service(
+            f"airut sandbox command {self.command_id}"
+            f"{f' (repository {self.repo})' if self.repo else ''}", self.argv,
+            ["command-ends", self.spool_dir, self.command_id], "airut-sandbox", fields,
+            limit_properties(self.limits, self.timeout, self.stop_grace),
+            {b"StandardOutputFileToAppend": str(self.stdout_file).encode(),
+             b"StandardErrorFileToAppend": str(self.stderr_file).encode()})
 
 
 def exec_line(argv: list[str]) -> tuple[bytes, list[bytes], bool]:

@@ -47,7 +47,12 @@ def lab():
             # Started by hand in the tests (systemctl start): the calendar is far away.
             "schedules": {"digest": {
                 "on_calendar": "2099-01-01", "prompt": "[[scenario:sched-digest]] digest",
-                "deliver": {"channel": "email", "to": "alice@corp.test"}}}},
+                "deliver": {"channel": "email", "to": "alice@corp.test"}},
+                # Script mode: trigger.sh comes from the default branch (test_schedule).
+                "probe": {
+                    "on_calendar": "2099-01-01", "trigger_command": "sh trigger.sh",
+                    "trigger_timeout": 5, "output_limit": 4096,
+                    "deliver": {"channel": "email", "to": "alice@corp.test"}}}},
         # The Slack app (tests/slackfake.py, listening on the guest's loopback).
         chat={"slack": SLACK, "schedules": {"report": {
             "cron": "0 7 1 1 *", "prompt": "[[scenario:sched-report]] report",

@@ -80,3 +80,70 @@ def test_disabling_a_schedule_and_reloading_removes_its_timer(lab):
         lab.airut("reload")
     assert TIMER in lab.guest("systemctl", "list-timers", "--all", "--no-pager",
                               "airut-schedule@*").stdout
+
+
+
+# -- script mode ------------------------------------------------------------------------------
+
+PROBE = "airut-schedule@mail--probe.service"
+
+
+def fire_probe(lab, script: str) -> str:
+    """trigger.sh on the default branch of the mail repository, then one firing (systemctl
+    start returns when the oneshot has ended); the firing's journal lines."""
+    lab.guest("sh", "-ec", "cd /tmp/seed && git fetch -q /srv/git/demo.git main && "
+              "git reset -q --hard FETCH_HEAD")
+    lab.put_file("/tmp/seed/trigger.sh", script + "\n")
+    lab.guest("sh", "-ec", "cd /tmp/seed && git add trigger.sh && "
+              "git -c user.name=T -c user.email=t@x commit -qm trigger && "
+              "git push -q /srv/git/demo.git main")
+    since = lab.guest("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    lab.guest("systemctl", "start", PROBE, timeout=120)
+    return lab.journal("-u", PROBE, "--since", since)
+
+
+def prompts(lab) -> set[str]:
+    """Every text the model was sent (a prompt is sent again with each turn)."""
+    texts = set()
+    for request in lab.model_requests():
+        for message in (request.get("body") or {}).get("messages", []):
+            content = message.get("content")
+            parts = content if isinstance(content, list) else [{"text": content}]
+            texts |= {p.get("text") or "" for p in parts if isinstance(p, dict)}
+    return texts
+
+
+def test_a_trigger_command_without_output_sends_nothing(lab):
+    before = len(lab.mailbox(*ALICE))
+    conversations = set((lab.state / "conversations").iterdir())
+    journal = fire_probe(lab, "test -f README.md  # quiet: nothing to report")
+    assert "its trigger command printed nothing; no task" in journal
+    assert set((lab.state / "conversations").iterdir()) == conversations
+    time.sleep(2)
+    assert len(lab.mailbox(*ALICE)) == before
+
+
+def test_a_trigger_commands_output_becomes_the_prompt(lab):
+    lab.scenario("sched-probe", [say("probe answered")])
+    before = len(lab.mailbox(*ALICE))
+    journal = fire_probe(lab, "echo '[[scenario:sched-probe]] 3 new issues'; echo $GH_TOKEN")
+    assert "queued" in journal
+    [mail] = wait_for_mail(lab, before + 1)[before:]
+    assert mail["Subject"].endswith("] probe")
+    assert mail.get_body(("plain",)).get_content().startswith("probe answered")
+    [prompt] = [p for p in prompts(lab) if "3 new issues" in p]
+    assert "scheduled task 'probe'" in prompt
+    assert "ghp_" in prompt and "REAL" not in prompt  # the sandbox's surrogate
+
+
+def test_a_failing_or_hanging_trigger_command_is_reported(lab):
+    lab.scenario("sched-probe", [say("failure reported")])
+    before = len(lab.mailbox(*ALICE))
+    fire_probe(lab, "echo '[[scenario:sched-probe]] starting'; echo broken >&2; exit 4")
+    wait_for_mail(lab, before + 1)
+    [prompt] = [p for p in prompts(lab) if "broken" in p and "Exit code: 4" in p]
+    assert "Command: sh trigger.sh" in prompt and "starting" in prompt
+    fire_probe(lab, "echo '[[scenario:sched-probe]] waiting'; sleep 60")
+    wait_for_mail(lab, before + 2)
+    [prompt] = [p for p in prompts(lab) if "Exit code: 124" in p]
+    assert "past its timeout" in prompt and "waiting" in prompt

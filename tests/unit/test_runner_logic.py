@@ -172,7 +172,8 @@ def test_task_unit_properties(tmp_path):
                                         b"AIRUT_REPO=r"]
     # systemd would expand $HOME: a literal dollar is doubled.
     assert props[b"ExecStart"][0][1][-1] == b"$$HOME"
-    assert props[b"ExecStopPost"][0][1][-3:] == [b"airut_runner.task_exit", b"/spool", b"t"]
+    assert props[b"ExecStopPost"][0][1][-5:] == [b"airut_runner.task_exit", b"--stage",
+                                                 b"finished", b"/spool", b"t"]
 
 
 UNIT = "airut.slice/airut-tasks.slice/airut-task-c-t.service"

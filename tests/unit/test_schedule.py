@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,10 +16,11 @@ from croniter import croniter
 
 from airut_cli import generator
 from airut_cli import schedule as schedule_cli
+from airut_core import commands, schedule
 from airut_core import config as config_mod
-from airut_core import schedule
 from airut_core.config import ConfigError
-from airut_core.records import ReplyRecord, TaskRecord
+from airut_core.paths import Spool
+from airut_core.records import CommandRecord, ReplyRecord, TaskRecord
 from airut_core.schedule import ScheduleError
 from airut_core.spool import Stage
 from airut_ingest.email import compose
@@ -155,6 +158,67 @@ def test_a_firing_queues_one_task_and_skips_while_it_still_waits(cfg):
         schedule_cli.fire(cfg, "demo--nope")
 
 
+class StandInRunner:
+    """Answers the next command request as a runner would: output files, then result."""
+
+    def __init__(self, cfg, stdout: bytes, stderr: bytes, result: commands.Result):
+        self.spool = Spool(cfg.paths.spool)
+        self.state = cfg.paths.state
+        self.files, self.result = {"stdout": stdout, "stderr": stderr}, result
+        self.seen: list[CommandRecord] = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while not self.spool.commands.names():
+            time.sleep(0.01)
+        [cid] = self.spool.commands.names()
+        self.seen.append(CommandRecord.from_dict(self.spool.commands.read(cid)))
+        run = commands.run_dir(self.state, cid)
+        run.mkdir(parents=True)
+        for name, data in self.files.items():
+            (run / name).write_bytes(data)
+        self.spool.commands.remove(cid)
+        commands.write_result(run, self.result)
+
+
+def script_cfg(tmp_path, limit: int = 100):
+    text = CONFIG.format(root=tmp_path).replace("prompt: Run the long checks.",
+                                                f"trigger_command: make report\n"
+                                                f"        output_limit: {limit}")
+    return config_mod.parse(text, "airut.yaml")
+
+
+def test_script_mode_output_becomes_the_prompt_capped(tmp_path):
+    cfg = script_cfg(tmp_path)
+    runner = StandInRunner(cfg, b"x" * 150, b"", commands.Result(0, "exited"))
+    assert "queued" in schedule_cli.fire(cfg, "demo--nightly")
+    [request] = runner.seen
+    assert request.argv == ["/bin/sh", "-c", "make report"] and request.repo == "demo"
+    assert request.timeout == 300 and request.requested_by == "schedule nightly"
+    incoming = Stage(Path(cfg.paths.spool) / "incoming")
+    task = TaskRecord.from_dict(incoming.read(incoming.names()[0]))
+    assert task.text.endswith("\n\n" + "x" * 100)
+    assert not list((tmp_path / "state" / "sandbox").iterdir())  # its output removed
+
+
+def test_script_mode_without_output_queues_nothing(tmp_path):
+    cfg = script_cfg(tmp_path)
+    StandInRunner(cfg, b" \n", b"noise", commands.Result(0, "exited"))
+    assert "printed nothing; no task" in schedule_cli.fire(cfg, "demo--nightly")
+    assert not Stage(Path(cfg.paths.spool) / "incoming").names()
+
+
+def test_script_mode_failure_becomes_a_report_prompt(tmp_path):
+    cfg = script_cfg(tmp_path)
+    StandInRunner(cfg, b"partial\n", b"y" * 10000 + b"boom\n",
+                  commands.Result(124, "timeout", "the command ran past its timeout"))
+    schedule_cli.fire(cfg, "demo--nightly")
+    incoming = Stage(Path(cfg.paths.spool) / "incoming")
+    text = TaskRecord.from_dict(incoming.read(incoming.names()[0])).text
+    assert "Command: make report" in text and "Exit code: 124" in text
+    assert "partial" in text and text.count("y") < 4200 and "boom" in text
+
+
 def test_a_scheduled_answer_is_a_new_mail_with_the_conversation_tag():
     thread = Thread(to="alice@corp.test", subject="nightly", new=True)
     reply = ReplyRecord(task_id="t1", conversation_id="0123abcd", repo="demo",
@@ -172,6 +236,14 @@ def test_a_scheduled_answer_is_a_new_mail_with_the_conversation_tag():
       "deliver": {"channel": "email", "to": "a@corp.test"}}, "exactly one of cron"),
     ({"cron": "0 7 * * *", "deliver": {"channel": "email", "to": "a@corp.test"}},
      "exactly one of prompt and trigger_command"),
+    ({"cron": "0 7 * * *", "prompt": "x", "trigger_command": "make report",
+      "deliver": {"channel": "email", "to": "a@corp.test"}},
+     "exactly one of prompt and trigger_command"),
+    ({"cron": "0 7 * * *", "trigger_command": " ", "deliver": {"channel": "email",
+                                                             "to": "a@corp.test"}},
+     "schedules.bad.trigger_command: empty"),
+    ({"cron": "0 7 * * *", "trigger_command": "x", "trigger_timeout": 0,
+      "deliver": {"channel": "email", "to": "a@corp.test"}}, "trigger_timeout"),
     ({"cron": "0 0 L * *", "prompt": "x", "deliver": {"channel": "email", "to": "a@corp.test"}},
      "schedules.bad: cron '0 0 L \\* \\*'"),
     ({"cron": "0 7 * * *", "timezone": "Nowhere/City", "prompt": "x",
