@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -61,11 +62,12 @@ def run(cfg: Config, argv: list[str], repo: str | None, directory: str | None,
                 "root there. Use a checkout owned by an unprivileged user (chown -R)")
         record.workspace, record.workspace_owner = str(workspace), [info.st_uid, info.st_gid]
         if repo is None:
-            record.allowlist = _allowlist(workspace)
+            record.allowlist = _allowlist(workspace, info.st_uid)
             candidate = workspace / CONTAINER_PATH
             context = candidate if (candidate / "Dockerfile").is_file() else None
     spool = Spool(cfg.paths.spool)
-    cid = commands.submit(spool, record, context)
+    owner = (record.workspace_owner[0], record.workspace_owner[1]) if context else None
+    cid = commands.submit(spool, record, context, owner)
     directory_of_run = commands.run_dir(cfg.paths.state, cid)
     stopping = []
 
@@ -98,15 +100,20 @@ def run(cfg: Config, argv: list[str], repo: str | None, directory: str | None,
     return result.exit_code
 
 
-def _allowlist(workspace: Path) -> str | None:
+def _allowlist(workspace: Path, owner: int) -> str | None:
+    """The checkout's allowlist: a file of the checkout's owner (root reads it; a link
+    to a file of someone else is refused)."""
     path = workspace / ALLOWLIST_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise SandboxCliError(f"cannot read {path}: {e}") from e
     with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if info.st_uid != owner or not stat.S_ISREG(info.st_mode):
+            raise SandboxCliError(f"{path} is not a file of the checkout's owner")
         data = f.read(ALLOWLIST_MAX + 1)
     if len(data) > ALLOWLIST_MAX:
         raise SandboxCliError(f"{path} is larger than {ALLOWLIST_MAX} bytes")
@@ -129,10 +136,13 @@ def tree(cfg: Config, repo: str | None, directory: str | None) -> str:
             raise SandboxCliError(f"{repo} has no {repo_cfg.container_path}/Dockerfile on "
                                   f"its default branch: tasks use {cfg.agent.image}")
         return found
-    context = Path(directory or os.getcwd()).resolve() / CONTAINER_PATH
+    workspace = Path(directory or os.getcwd()).resolve()
+    context = workspace / CONTAINER_PATH
     if not (context / "Dockerfile").is_file():
         raise SandboxCliError(f"no {context}/Dockerfile: commands use {cfg.agent.image}")
-    return commands.snapshot(context)
+    info = workspace.stat()
+    return commands.snapshot(context, owner=(info.st_uid, info.st_gid) if info.st_uid
+                             else None)
 
 
 def tag_of(tree_id: str) -> str:

@@ -131,23 +131,32 @@ class SnapshotError(ValueError):
     pass
 
 
-def snapshot(directory: Path, target: Path | None = None) -> str:
+def snapshot(directory: Path, target: Path | None = None,
+             owner: tuple[int, int] | None = None) -> str:
     """The git tree id of a directory's files (what the runner tags images by: the same
     id as that directory committed on a default branch), and, with target, a copy of
     exactly those files. Git computes it in a throw-away repository: links are kept as
-    links, ignore files are not honoured, nothing is written into the directory."""
+    links, ignore files are not honoured, nothing is written into the directory.
+
+    With owner (uid, gid), git reads the directory as that user: root hashing a user's
+    checkout must not pull in what only root may read (a link to /root/.ssh)."""
     if not directory.is_dir():
         raise SnapshotError(f"{directory} is not a directory")
     with tempfile.TemporaryDirectory(prefix="airut-snapshot-") as tmp:
         base = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
         env = {**base, "GIT_DIR": tmp, "GIT_WORK_TREE": str(directory),
                "GIT_INDEX_FILE": f"{tmp}/index"}
+        as_user: dict = {}
+        if owner is not None:
+            os.chown(tmp, *owner)
+            as_user = {"user": owner[0], "group": owner[1], "extra_groups": [], "cwd": tmp}
 
         def git(*args: str) -> subprocess.CompletedProcess:
             try:
                 return subprocess.run(["git", "-c", "safe.directory=*", "-c",
                                        "core.autocrlf=false", *args], check=True, timeout=120,
-                                      env=env if args[0] != "init" else base, capture_output=True)
+                                      env=env if args[0] != "init" else base,
+                                      capture_output=True, **as_user)
             except subprocess.CalledProcessError as e:
                 error = (e.stderr or b"").decode(errors="replace").strip()
                 raise SnapshotError(f"cannot read {directory}: {error}") from e
@@ -167,12 +176,13 @@ def snapshot(directory: Path, target: Path | None = None) -> str:
 # -- asking -------------------------------------------------------------------------------
 
 
-def submit(spool: paths.Spool, record: CommandRecord, context: Path | None = None) -> str:
-    """Queue a command (root only); with context, the image's build context goes along.
-    Returns the command's id."""
+def submit(spool: paths.Spool, record: CommandRecord, context: Path | None = None,
+           owner: tuple[int, int] | None = None) -> str:
+    """Queue a command (root only); with context, the image's build context goes along
+    (read as owner). Returns the command's id."""
     spool.commands.ensure(mode=0o700)
     if context is not None:
-        snapshot(context, context_dir(spool, record.command_id))
+        snapshot(context, context_dir(spool, record.command_id), owner)
     spool.commands.put(record.command_id, record.to_dict())
     return record.command_id
 

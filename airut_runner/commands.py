@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from airut_core import commands as contract
@@ -64,7 +64,8 @@ class Command:
     future: Future | None = None  # being prepared
     unit: str | None = None  # running
     stop_requested: bool = False
-    notes: list[str] = field(default_factory=list)
+    output_limit: int = 0  # bytes of stdout and stderr together; 0: not known yet
+    over: str | None = None  # why the runner stopped it
 
 
 def network_name(command_id: str) -> str:
@@ -83,6 +84,7 @@ def tick(ctx: Context) -> None:
         if cmd.future is not None and cmd.future.done():
             guarded(ctx, cid, collect)
     lost(ctx)
+    over_budget(ctx)
     for cid in ctx.spool.commands.names():
         if cid not in ctx.commands:
             guarded(ctx, cid, begin)
@@ -178,6 +180,30 @@ def lost(ctx: Context) -> None:
                 unit=unit)))
 
 
+def over_budget(ctx: Context) -> None:
+    """A command's output is files on this host's disk: past the repository's disk limit
+    (resource_limits.disk) the command is stopped, as a task that grows too big is."""
+    for cid, cmd in ctx.commands.items():
+        if not cmd.unit or cmd.over:
+            continue
+        run = contract.run_dir(ctx.state_dir, cid)
+        size = 0
+        for name in ("stdout", "stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                size += (run / name).stat().st_size
+        limit = cmd.output_limit or limits_of(ctx, cmd.record).disk
+        if size > limit:
+            cmd.over = f"its output passed {limit} bytes (resource_limits.disk) and it was stopped"
+            logger.warning("stopping sandbox command %s: %s", cid, cmd.over,
+                           extra={"sandbox": cid})
+            ctx.systemd.stop(cmd.unit)
+
+
+def limits_of(ctx: Context, record: CommandRecord) -> ResourceLimits:
+    repo = ctx.cfg.repos.get(record.repo or "")
+    return repo.resource_limits if repo is not None else ResourceLimits()
+
+
 def stop(ctx: Context, cid: str, who: str) -> bool:
     """A stop request (control/); False to try again on the next pass."""
     cmd = ctx.commands.get(cid)
@@ -205,7 +231,7 @@ def prepare_command(ctx: Context, cid: str, record: CommandRecord) -> Prepared:
         repo = ctx.cfg.repo(record.repo) if record.repo else None
     except ConfigError as e:
         raise CommandError(str(e)) from e
-    limits = repo.resource_limits if repo else ResourceLimits()
+    limits = limits_of(ctx, record)
     timeout = record.timeout or limits.timeout
     run = contract.run_dir(ctx.state_dir, cid)
     mirror = None
@@ -326,7 +352,7 @@ def start_unit(ctx: Context, cid: str, prepared: Prepared) -> None:
     if not ctx.systemd.start(unit.name, unit.properties()):
         logger.warning("unit %s is already loaded: adopting it", unit.name,
                        extra={"sandbox": cid})
-    cmd.unit = unit.name
+    cmd.unit, cmd.output_limit = unit.name, prepared.limits.disk
     logger.info("started unit %s (image %s)", unit.name, prepared.image.tag,
                 extra={"sandbox": cid, "repo": cmd.record.repo})
 
@@ -339,7 +365,11 @@ def end(ctx: Context, cid: str) -> None:
         ctx.spool.command_ends.remove(cid)  # answered already (as lost, or before a crash)
         return
     marker["unit"] = contract.unit_name(cid)
-    result = contract.result_of(marker, stop_requested=bool(cmd and cmd.stop_requested))
+    if cmd is not None and cmd.over:
+        result = contract.Result(contract.INFRASTRUCTURE, "disk_limit", cmd.over,
+                                 marker["unit"])
+    else:
+        result = contract.result_of(marker, stop_requested=bool(cmd and cmd.stop_requested))
     finish(ctx, cid, result)
 
 

@@ -89,6 +89,34 @@ def test_a_directory_hashes_to_the_tree_id_it_would_have_on_a_branch(tmp_path):
     assert not (context / ".git").exists()
 
 
+def test_a_users_checkout_is_read_as_that_user(tmp_path):
+    """Root hashes a user's checkout: a context that leads to root's own files fails."""
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "Dockerfile").write_text("FROM x\nCOPY id_rsa /\n")
+    (secret / "id_rsa").write_text("PRIVATE")
+    checkout = tmp_path / "checkout"
+    (checkout / ".airut").mkdir(parents=True)
+    os.symlink(secret, checkout / ".airut" / "container")
+    os.chmod(tmp_path, 0o755)
+    with pytest.raises(commands.SnapshotError, match="cannot read"):
+        commands.snapshot(checkout / ".airut" / "container", tmp_path / "copy",
+                          owner=(65534, 65534))
+    assert not (tmp_path / "copy" / "id_rsa").exists()
+    assert commands.snapshot(checkout / ".airut" / "container")  # root may read its own
+
+
+def test_a_checkouts_allowlist_must_be_its_owners_file(tmp_path):
+    from airut_cli import sandbox
+
+    (tmp_path / ".airut").mkdir()
+    (tmp_path / ".airut" / "network-allowlist.yaml").write_text("domains: [x.test]\n")
+    assert sandbox._allowlist(tmp_path, os.getuid()) == "domains: [x.test]\n"
+    with pytest.raises(sandbox.SandboxCliError, match="not a file of the checkout's owner"):
+        sandbox._allowlist(tmp_path, 1000)
+    assert sandbox._allowlist(tmp_path / "none", 1000) is None
+
+
 def test_a_missing_directory_cannot_be_hashed(tmp_path):
     with pytest.raises(commands.SnapshotError):
         commands.snapshot(tmp_path / "none")
@@ -197,6 +225,21 @@ def test_a_stopped_command_ends_with_130_and_a_lost_one_with_125(runner):
     spin(runner, lambda: result(runner, stopped) and result(runner, lost))
     assert result(runner, stopped).exit_code == 130
     assert (result(runner, lost).exit_code, result(runner, lost).outcome) == (125, "lost")
+
+
+def test_a_command_whose_output_outgrows_the_disk_limit_is_stopped(runner):
+    cid = ask(runner, repo="demo")
+    spin(runner, lambda: commands.unit_name(cid) in runner.ctx.systemd.units)
+    assert runner.ctx.commands[cid].output_limit == 10 << 30  # the repository's disk limit
+    runner.ctx.commands[cid].output_limit = 1000
+    asked = []
+    runner.ctx.systemd.stop = lambda name: asked.append(name) or True
+    (commands.run_dir(runner.ctx.state_dir, cid) / "stderr").write_bytes(b"x" * 1001)
+    spin(runner, lambda: asked == [commands.unit_name(cid)])
+    end(runner, cid, service_result="exit-code", exit_code="exited", exit_status="143")
+    spin(runner, lambda: result(runner, cid))
+    assert (result(runner, cid).exit_code, result(runner, cid).outcome) == (125, "disk_limit")
+    assert "passed 1000 bytes" in result(runner, cid).error
 
 
 def test_a_stop_before_it_runs_ends_it_without_a_unit(runner):
