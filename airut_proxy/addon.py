@@ -56,10 +56,13 @@ class NetworkLog:
 
     The file is capped at the policy's network_log_max_bytes: past it, the older half
     is dropped and a NOTE line at the top says so (the proxy cannot create files in
-    the conversation directory, so it cannot rotate)."""
+    the conversation directory, so it cannot rotate). Files stay open while a policy
+    names them (opening one per request cost a twentieth of the proxy's time);
+    keep_only() closes the others when the policies change."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the DNS responder writes from its own threads
+        self._open: dict[str, int] = {}
 
     def write(self, policy: PolicyRecord | None, verdict: str, detail: str) -> None:
         # The detail is the agent's bytes (a path, a host): a control character in it
@@ -77,16 +80,22 @@ class NetworkLog:
                                     policy.repo if policy else None)
             task_log.warning("%s %s", verdict, detail)
 
+    def keep_only(self, paths: set[str]) -> None:
+        """Close the files no running task's policy names any more."""
+        with self._lock:
+            for path in set(self._open) - paths:
+                os.close(self._open.pop(path))
+
     def _append(self, path: str, line: str, cap: int) -> None:
         with self._lock:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o640)
-            try:
-                os.write(fd, (line + "\n").encode())
-                if os.fstat(fd).st_size > cap:
-                    _keep_newest(path, cap // 2)
-            finally:
-                os.close(fd)
+            fd = self._open.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o640)
+                self._open[path] = fd
+            os.write(fd, (line + "\n").encode())
+            if os.fstat(fd).st_size > cap:
+                _keep_newest(path, cap // 2)
 
 
 def _keep_newest(path: str, keep: int) -> None:

@@ -89,9 +89,10 @@ async def run(args: argparse.Namespace) -> None:
                            server, server)
     except OSError:
         pass
-    store = PolicyStore(args.policies)
-    store.watch()
     network_log = NetworkLog()
+    store = PolicyStore(args.policies, on_load=lambda policies: network_log.keep_only(
+        {p.network_log for p in policies}))
+    store.watch()
     dns.serve(store, args.dns_port, lambda policy, what: network_log.write(
         policy, "BLOCKED", what))
     master = DumpMaster(build_options(args.confdir, args.upstream_ca, args.port),

@@ -3,14 +3,16 @@
 A watcher thread reloads the directory when inotify rings; a lookup that finds no
 policy for a client rescans once before saying no (the scan is the truth, the
 doorbell only a hint). Clients are told apart by their address: every task has its
-own /24 network.
+own /24 network (the address to /24 step is cached: it was a share of every request).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from airut_core.sandbox import PolicyRecord
@@ -20,11 +22,13 @@ logger = logging.getLogger("airut.proxy.policies")
 
 
 class PolicyStore:
-    def __init__(self, directory: Path | str):
+    def __init__(self, directory: Path | str,
+                 on_load: Callable[[list[PolicyRecord]], None] | None = None):
         self.stage = Stage(directory)
         self._by_subnet: dict[str, PolicyRecord] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.on_load = on_load  # told the policies after every load
 
     def __len__(self) -> int:
         return len(self._by_subnet)
@@ -42,6 +46,8 @@ class PolicyStore:
             policies[policy.subnet] = policy
         with self._lock:
             self._by_subnet = policies
+        if self.on_load is not None:
+            self.on_load(list(policies.values()))
 
     def lookup(self, address: str) -> PolicyRecord | None:
         key = _subnet_of(address)
@@ -69,6 +75,7 @@ class PolicyStore:
         self._stop.set()
 
 
+@functools.lru_cache(maxsize=4096)
 def _subnet_of(address: str) -> str | None:
     try:
         ip = ipaddress.ip_address(address.split("%")[0])

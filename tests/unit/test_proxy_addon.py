@@ -311,6 +311,27 @@ def test_network_log_does_not_follow_a_link(proxy, tmp_path):
     assert Path(target).read_text() == ""
 
 
+def test_network_log_stays_open_while_a_policy_names_it(proxy, tmp_path):
+    policy = proxy.store.lookup(CLIENT)
+    log = NetworkLog()
+    proxy.store.on_load = lambda policies: log.keep_only({p.network_log for p in policies})
+
+    def open_logs() -> int:
+        return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(proxy.log_file)
+                   for fd in os.listdir("/proc/self/fd"))
+
+    for i in range(3):
+        log.write(policy, "ALLOWED", f"GET x /{i} -> 200")
+    assert open_logs() == 1  # one file, opened once
+    assert proxy.log_file.read_text().count("ALLOWED") == 3
+    proxy.store.load()
+    assert open_logs() == 1  # the policy is still there
+    for name in proxy.store.stage.names():
+        proxy.store.stage.remove(name)
+    proxy.store.load()
+    assert open_logs() == 0
+
+
 def test_addresses_kinds():
     kind = addresses.kind
     ip = addresses.ipaddress.ip_address
