@@ -89,9 +89,10 @@ def _secrets(cfg: Config) -> Iterator[Line]:
                    f"readable ({named})" if why is None else f"{why} (named by {named})")
 
 
-def _command(*cmd: str, timeout: float = TIMEOUT) -> str:
+def _command(*cmd: str, timeout: float = TIMEOUT, input: str | None = None) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                             input=input)
     except FileNotFoundError:
         raise Failed(f"{cmd[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -127,9 +128,13 @@ def _cgroups(cfg: Config) -> str:
 
 
 def _nftables(cfg: Config) -> str:
+    from airut_core.sandbox import workers
+    from airut_proxy import firewall
+
     rules = NFT_RULES if NFT_RULES.exists() else Path(__file__).parents[1] / "units/airut.nft"
-    _command("nft", "--check", "-f", str(rules))
-    return f"the kernel accepts {rules.name}"
+    count = workers(cfg.proxy.workers)
+    _command("nft", "--check", "-f", "-", input=firewall.render(rules.read_text(), count))
+    return f"the kernel accepts {rules.name} for {count} proxy worker(s)"
 
 
 def _claude(cfg: Config) -> str:
@@ -150,7 +155,7 @@ def _proxy_ca(cfg: Config) -> str:
         if b"BEGIN CERTIFICATE" not in ca.read_bytes()[:4096]:
             raise Failed(f"{ca} is not a PEM certificate")
         return str(ca)
-    state = subprocess.run(["systemctl", "is-active", "airut-proxy.service"],
+    state = subprocess.run(["systemctl", "is-active", "airut-proxy@0.service"],
                            capture_output=True, text=True).stdout.strip()
     if state == "active":
         raise Failed(f"{ca} is missing although airut-proxy runs: "

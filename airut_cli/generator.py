@@ -12,6 +12,10 @@ and for each enabled schedule (repos.<id>.schedules.<name>):
   airut-schedule@<repo>--<name>.timer   its OnCalendar= lines (cron translated), linked
       from airut.target.wants; it starts airut-schedule@<repo>--<name>.service
 
+and for the proxy's workers (proxy.workers, 0: one per core):
+  airut.target.wants/airut-proxy@<n>.service   workers 1 and up (airut.target wants 0)
+  airut-firewall.service.d/50-workers.conf      AIRUT_PROXY_WORKERS: the firewall's map
+
 A generator, not a command that enables units: the instances follow the file itself,
 with nothing left behind in /etc when a repository goes and no step to forget after an
 edit; and systemd reads it before it starts anything. A configuration that does not
@@ -24,7 +28,7 @@ import sys
 from pathlib import Path
 
 from airut_core import config as config_mod
-from airut_core import secrets
+from airut_core import sandbox, secrets
 
 UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
 # Each channel: the template and which secrets of a repository its instance gets.
@@ -59,6 +63,25 @@ def generate(cfg: config_mod.Config, out: Path, unit_dir: Path,
                 "[Service]\n" + "".join(f"{line}\n" for line in lines))
         made.append(unit)
     made += generate_timers(cfg, out)
+    made += generate_proxy(cfg, out, unit_dir)
+    return made
+
+
+def generate_proxy(cfg: config_mod.Config, out: Path, unit_dir: Path) -> list[str]:
+    """The proxy's workers beyond the first, and their number for the firewall."""
+    count = sandbox.workers(cfg.proxy.workers)
+    wants = out / "airut.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    made = []
+    for worker in range(1, count):
+        unit = sandbox.worker_unit(worker)
+        (wants / unit).symlink_to(unit_dir / "airut-proxy@.service")
+        made.append(unit)
+    dropin = out / "airut-firewall.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "50-workers.conf").write_text(
+        "# Written by airut-generator from proxy.workers.\n"
+        f"[Service]\nEnvironment=AIRUT_PROXY_WORKERS={count}\n")
     return made
 
 

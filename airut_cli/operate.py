@@ -23,7 +23,8 @@ from airut_core import paths
 from airut_core import tasks as tasks_mod
 from airut_core.config import CLAUDE_CODE_VERSION, Config
 
-DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy.service",
+DAEMONS = ("airut.target", "airut-firewall.service", "airut-proxy@*.service",
+           "airut-proxy-dns.service",
            "airut-runner.service", "airut-email@*.service", "airut-slack@*.service",
            "airut-web.service", "airut-schedule@*.timer",
            "airut-demo-model.service", "airut-housekeeping.timer")
@@ -210,9 +211,31 @@ def reload(cfg: Config) -> list[str]:
             systemctl("start", unit)
             done.append(f"started {unit}")
     done += _start_timers(timers, target_on)
+    done += _proxy_workers(cfg, target_on)
     if not target_on:
         done.append("airut.target is not running: `systemctl enable --now airut.target` "
                     "starts everything")
+    return done
+
+
+def _proxy_workers(cfg: Config, target_on: bool) -> list[str]:
+    """proxy.workers followed: new workers first, then the firewall's map (nft swaps
+    the table at once), then the workers the map no longer names are stopped."""
+    from airut_core import sandbox
+
+    wanted = {sandbox.worker_unit(w) for w in range(sandbox.workers(cfg.proxy.workers))}
+    running = {u["Id"] for u in units("airut-proxy@*.service")
+               if u["ActiveState"] in ("active", "activating", "reloading")}
+    done = []
+    for unit in sorted(wanted - running) if target_on else []:
+        systemctl("start", unit)
+        done.append(f"started {unit}")
+    if _active("airut-firewall.service"):
+        systemctl("restart", "airut-firewall.service")
+        done.append(f"the firewall sends task networks to {len(wanted)} proxy worker(s)")
+    for unit in sorted(running - wanted):
+        systemctl("stop", unit)
+        done.append(f"stopped {unit} (proxy.workers is {len(wanted)})")
     return done
 
 

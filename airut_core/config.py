@@ -203,6 +203,9 @@ class ProxyConfig:
     # private (an in-house server); an IP-literal host must be in one of them too.
     allowed_private_networks: list[Annotated[str, CIDR]] = field(default_factory=list)
     network_log_max_bytes: Annotated[int, Size, Range(min=4096)] = NETWORK_LOG_MAX_BYTES
+    # Worker processes (airut-proxy@<n>), each serving the task networks the firewall
+    # sends it; 0: one per core. One task's burst loads one worker, not all.
+    workers: Annotated[int, Range(min=0, max=64)] = 0
 
 
 @dataclass

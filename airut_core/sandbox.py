@@ -10,6 +10,7 @@ for a client: no traffic.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ ALLOWLIST_FILE = ".airut/network-allowlist.yaml"
 DEFAULT_POLICIES = Path("/run/airut/policies")
 # Every task network is a /24 in this range; the firewall (airut.nft) knows it too.
 SUBNET_POOL = ipaddress.ip_network("10.199.0.0/16")
-PROXY_PORT = 29080  # 80 and 443 from task networks are redirected here
+PROXY_PORT = 29080  # 80 and 443 from task networks go to a worker: PROXY_PORT + its number
 DNS_PORT = 29053  # 53 (udp, tcp) from task networks is redirected here
+MAX_WORKERS = 64
+DNS_UNIT = "airut-proxy-dns.service"
 PROXY_GROUP = "airut-proxy"
 NETWORK_LOG_MAX_BYTES = 10 << 20  # per conversation; doc/network-sandbox.md says why
 
@@ -114,3 +117,27 @@ class PolicyRecord(Record):
 
 def subnet(n: int) -> str:
     return f"{SUBNET_POOL.network_address + (n << 8)}/24"
+
+
+# -- the proxy's workers: task network k is served by worker k mod N ---------------------
+
+
+def workers(configured: int) -> int:
+    """How many proxy workers: proxy.workers, or one per core (0)."""
+    return max(1, min(configured or os.cpu_count() or 1, MAX_WORKERS))
+
+
+def worker_of(task_subnet: str, count: int) -> int:
+    """The worker the firewall sends a task network's connections to (airut.nft's map):
+    subnets are handed out round robin, so tasks spread evenly over the workers."""
+    index = (int(ipaddress.ip_network(task_subnet).network_address)
+             - int(SUBNET_POOL.network_address)) >> 8
+    return index % count
+
+
+def worker_unit(worker: int) -> str:
+    return f"airut-proxy@{worker}.service"
+
+
+def worker_port(worker: int) -> int:
+    return PROXY_PORT + worker

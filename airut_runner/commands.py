@@ -33,7 +33,7 @@ from airut_runner import build, container, images, prepare, units, workspace
 from airut_runner.context import Context
 from airut_runner.images import ImageSpec
 from airut_runner.mirror import Mirror
-from airut_runner.sandbox import NO_ALLOWLIST, PROXY_UNIT, NotReady
+from airut_runner.sandbox import NO_ALLOWLIST, NotReady
 from airut_runner.uids import USERNS_SIZE
 
 logger = logging.getLogger("airut.runner")
@@ -328,7 +328,7 @@ def start_unit(ctx: Context, cid: str, prepared: Prepared) -> None:
     run = contract.run_dir(ctx.state_dir, cid)
     if prepared.policy:
         try:
-            ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+            ctx.sandbox.check_ready(ctx.systemd.active_state, prepared.policy.subnet)
         except NotReady as e:
             raise CommandError(str(e)) from e
         ctx.sandbox.write_policy(prepared.policy)

@@ -21,6 +21,7 @@ from airut_core import paths
 from airut_core.config import ProxyConfig, RepoConfig
 from airut_core.sandbox import (
     ALLOWLIST_FILE,
+    DNS_UNIT,
     PROXY_GROUP,
     SUBNET_POOL,
     Allowlist,
@@ -29,12 +30,14 @@ from airut_core.sandbox import (
     PolicyRecord,
     parse_allowlist,
     subnet,
+    worker_of,
+    worker_unit,
+    workers,
 )
 from airut_core.spool import Stage
 from airut_runner import surrogates
 from airut_runner.mirror import Mirror
 
-PROXY_UNIT = "airut-proxy.service"
 # The hooks of airut.nft: the redirect to the proxy, the drop of everything else a
 # task sends to this host, and the drop of everything it would send elsewhere.
 FIREWALL_HOOKS = ("prerouting", "input", "forward")
@@ -90,12 +93,15 @@ class NetworkSandbox:
                     return subnet(n)
         raise RuntimeError(f"every task subnet in {SUBNET_POOL} is in use")
 
-    def check_ready(self, proxy_state: str | None) -> None:
-        """The proxy and the firewall must be up before a sandboxed task starts."""
-        if proxy_state != "active":
-            raise NotReady(f"the network proxy ({PROXY_UNIT}) is not running, so the "
-                               "task cannot start safely; the operator should check "
-                               f"`systemctl status {PROXY_UNIT}`")
+    def check_ready(self, state_of: Callable[[str], str | None], task_subnet: str) -> None:
+        """The proxy worker the task's network is sent to, the DNS responder and the
+        firewall must be up before a sandboxed task starts."""
+        worker = worker_unit(worker_of(task_subnet, workers(self.proxy.workers)))
+        for unit in (worker, DNS_UNIT):
+            if state_of(unit) != "active":
+                raise NotReady(f"the network proxy ({unit}) is not running, so the task "
+                               "cannot start safely; the operator should check "
+                               f"`systemctl status {unit}`")
         firewall = subprocess.run(["nft", "-j", "list", "table", "inet", "airut"],
                                   capture_output=True, text=True, timeout=10)
         problem = (firewall_problem(firewall.stdout) if firewall.returncode == 0

@@ -16,7 +16,7 @@ from airut_core.spool import utc_now
 from airut_runner import container, units
 from airut_runner.context import Context, Prepared, Refused, resource, state_of
 from airut_runner.outcome import Exit
-from airut_runner.sandbox import PROXY_UNIT, NotReady
+from airut_runner.sandbox import NotReady
 
 EVENTS_KEEP = 64 << 20  # events.jsonl beyond this moves to events.1.jsonl before a run
 
@@ -25,7 +25,7 @@ def start_unit(ctx: Context, name: str, prepared: Prepared) -> None:
     conv, image, policy = prepared.conversation, prepared.image, prepared.policy
     if policy:
         try:
-            ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+            ctx.sandbox.check_ready(ctx.systemd.active_state, policy.subnet)
         except NotReady as e:
             if name not in ctx.waiting_ready:
                 ctx.log(name).warning("waiting for the network sandbox: %s", e)
@@ -99,7 +99,8 @@ def retry_waiting(ctx: Context, name: str) -> None:
         return
     ctx.waiting_ready.pop(name)
     try:
-        ctx.sandbox.check_ready(ctx.systemd.active_state(PROXY_UNIT))
+        if prepared.policy:
+            ctx.sandbox.check_ready(ctx.systemd.active_state, prepared.policy.subnet)
     except NotReady as e:
         raise Refused(str(e), reply=f"airut could not run this task: {e}. It waited "
                       f"{ctx.cfg.execution.sandbox_wait:g} s; send your message again once "

@@ -34,7 +34,8 @@ from tests.system.mail import MX, new_dkim_key, signed
 from tests.system.test_email import ANSWERED, QUARANTINED, REJECTED, poison_mails
 
 SENDERS = {"alice@corp.test": "alice-pass", "bob@corp.test": "bob-pass"}
-DAEMONS = ("airut-email@chaos.service", "airut-runner.service", "airut-proxy.service")
+DAEMONS = ("airut-email@chaos.service", "airut-runner.service", "airut-proxy@0.service",
+           "airut-proxy@1.service", "airut-proxy-dns.service")
 ACK = "started working on this"
 
 

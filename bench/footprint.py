@@ -20,7 +20,8 @@ from tests.package.clean import CleanGuest, built_deb
 from tests.package.test_package import CONFIG, CREDENTIALS
 from tests.system.lab import bash, say, wait_until
 
-DAEMONS = ("airut-runner.service", "airut-proxy.service", "airut-email@demo.service")
+DAEMONS = ("airut-runner.service", "airut-proxy@0.service", "airut-proxy@1.service",
+           "airut-proxy-dns.service", "airut-email@demo.service")
 
 # Run in the guest: {unit: {"rss_kb": total, "agent_kb": the claude processes'}}, over
 # every process in the unit's cgroup and its sub-cgroups (cgroup v1 or v2).

@@ -1,12 +1,13 @@
 """bench/proxy: what the network sandbox costs, measured in the lab guest in one run.
 
   python -m bench.proxy [--requests 200]
+  python -m bench.proxy --load [--clients 1,4,8,16] [--seconds 10]   (bench/proxy_load.py)
 
 1. Added latency per HTTPS request: a client in a container on a sandboxed task
    network (DNS -> gateway -> firewall redirect -> airut-proxy -> server) against
    the same client on podman's default network talking to the same server directly;
    one keep-alive connection, and a new TLS connection per request.
-2. airut-proxy's memory: idle, and with ten tasks' policies loaded.
+2. A proxy worker's memory: idle, and with ten tasks' policies loaded.
 3. Setting up and tearing down one task's network (Podman API) and policy.
 4. The other design, one proxy per task: how long a fresh proxy process takes to
    listen, and what it holds in memory.
@@ -93,7 +94,8 @@ def rss_kib(lab: Lab, pid: str) -> int:
 
 
 def proxy_memory(lab: Lab) -> tuple[int, int]:
-    pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value", "airut-proxy").stdout.strip()
+    pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value",
+                    "airut-proxy@0").stdout.strip()
     idle = rss_kib(lab, pid)
     for i in range(10):
         write_policy(lab, bench_policy(f"bench-mem-{i}", 200 + i))
@@ -145,9 +147,24 @@ print(json.dumps({"start": starts, "rss_kib": rss}))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--load", action="store_true",
+                        help="many clients at once instead (bench/proxy_load.py)")
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", default="1,2", help="proxy.workers to compare")
     args = parser.parse_args()
+    if args.load:
+        from bench import proxy_load
+
+        for count in [int(w) for w in args.workers.split(",")]:
+            config = base_config(demo={})
+            config["proxy"]["workers"] = count
+            with booted(config) as lab:
+                print(f"\n== {count} proxy worker(s)")
+                proxy_load.load(lab, [int(c) for c in args.clients.split(",")], args.seconds)
+        return
     with booted(base_config(demo={})) as lab:
-        lab.guest("systemctl", "restart", "airut-proxy")  # a fresh process for its memory
+        lab.guest("systemctl", "restart", "airut-proxy@0")  # a fresh process for its memory
         time.sleep(1)
         idle, loaded = proxy_memory(lab)
         times = latency(lab, args.requests)
@@ -159,7 +176,7 @@ def main() -> None:
         print(f"  {kind:9}  direct  {ms(d)}")
         print(f"  {kind:9}  proxied {ms(p)}   added p50 "
               f"{(sorted(p)[len(p) // 2] - sorted(d)[len(d) // 2]) * 1000:.1f} ms")
-    print(f"  airut-proxy RSS: idle {idle / 1024:.1f} MiB, with 10 task policies "
+    print(f"  airut-proxy@0 RSS: idle {idle / 1024:.1f} MiB, with 10 task policies "
           f"{loaded / 1024:.1f} MiB")
     print(f"  task network create (internal, fixed subnet)  {ms(setup['create'])}")
     print(f"  task network remove                            {ms(setup['remove'])}")

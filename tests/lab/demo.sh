@@ -29,7 +29,7 @@ $G airut check-config
 
 say "starting airut.target, and the guest's mail server (postfix, dovecot)"
 $G systemctl daemon-reload
-$G systemctl enable -q airut.target airut-runner.service airut-proxy.service \
+$G systemctl enable -q airut.target airut-runner.service airut-proxy-dns.service \
   airut-firewall.service airut-demo-model.service airut-email@demo.service
 $G systemctl start dovecot.service postfix.service
 $G systemctl start airut.target airut-demo-model.service airut-email@demo.service

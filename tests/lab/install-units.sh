@@ -19,7 +19,7 @@ for unit in "$REPO"/units/*.service; do
     "$AIRUT_LAB/guest-venv" "$exe" "$args" > "$SYS/$name.d/lab.conf"
 done
 # The lab's upstreams are on the guest's loopback (proxy.allowed_private_networks).
-printf '[Service]\nIPAddressAllow=127.0.0.1\n' > "$SYS/airut-proxy.service.d/lab-upstreams.conf"
+printf '[Service]\nIPAddressAllow=127.0.0.1\n' > "$SYS/airut-proxy@.service.d/lab-upstreams.conf"
 ln -sf "$AIRUT_LAB/guest-venv/bin/airut" "$ROOT/usr/local/bin/airut"
 install -D -m644 "$REPO/units/airut.nft" "$ROOT/usr/share/airut/airut.nft"
 install -D -m644 "$REPO/units/airut.sysusers" "$ROOT/usr/lib/sysusers.d/airut.conf"

@@ -96,7 +96,7 @@ class Operator:
 
     def allow_loopback_upstreams(self) -> None:
         """The proxy allowed to reach this machine's loopback stand-ins for the internet."""
-        self.put_file("/etc/systemd/system/airut-proxy.service.d/upstreams.conf",
+        self.put_file("/etc/systemd/system/airut-proxy@.service.d/upstreams.conf",
                       "[Service]\nIPAddressAllow=127.0.0.1\n")
 
     def start(self, *extra: str, timeout: float = 120) -> float:
@@ -257,7 +257,8 @@ INSTALLED = {
 
 # The highest `systemd-analyze security` exposure each unit may have (doc/security.md
 # reports the scores): a regression fails the test.
-HARDENING_LIMITS = {"airut-runner": 6.0, "airut-housekeeping": 6.0, "airut-proxy": 2.0,
+HARDENING_LIMITS = {"airut-runner": 6.0, "airut-housekeeping": 6.0, "airut-proxy@0": 2.0,
+                    "airut-proxy-dns": 2.0,
                     "airut-email@demo": 2.0, "airut-firewall": 2.5, "airut-demo-model": 2.0,
                     "airut-web": 2.0, "airut-slack@demo": 2.0, "airut-schedule@demo": 1.5}
 
@@ -281,9 +282,11 @@ FORBIDDEN = [
     ("airut-web", ["cat", "/etc/airut/credentials/anthropic-api-key"]),
     ("airut-web", ["ls", "/run/airut/policies"]),
 ]
-OWN_USERS = {"airut-runner": "root", "airut-proxy": "airut-proxy",
+OWN_USERS = {"airut-runner": "root", "airut-proxy@0": "airut-proxy",
+             "airut-proxy-dns": "airut-proxy",
              "airut-email@demo": "airut-email", "airut-web": "airut-web"}
 
 # What airut.target starts on a configuration with one repository that has an email block.
-DAEMONS = ("airut-firewall.service", "airut-proxy.service", "airut-runner.service",
+DAEMONS = ("airut-firewall.service", "airut-proxy@0.service", "airut-proxy-dns.service",
+           "airut-runner.service",
            "airut-email@demo.service", "airut-web.service", "airut-housekeeping.timer")

@@ -56,11 +56,17 @@ class Lab:
         self.guest("sh", "-ec", SEED_REPO)
         self.guest("systemctl", "daemon-reload")
         self.guest("systemctl", "start", "airut-demo-model.service", "airut-firewall.service",
-                   "airut-proxy.service", "airut-runner.service", "dovecot.service",
+                   *self.proxy_units(config), "airut-runner.service", "dovecot.service",
                    "postfix.service")
         for repo, settings in config.get("repos", {}).items():
             if settings.get("email"):
                 self.guest("systemctl", "start", f"airut-email@{repo}.service")
+
+    @staticmethod
+    def proxy_units(config: dict) -> list[str]:
+        """The DNS responder and the workers the configuration asks for."""
+        count = config.get("proxy", {}).get("workers") or 1
+        return ["airut-proxy-dns.service", *(f"airut-proxy@{w}.service" for w in range(count))]
 
     def down(self) -> None:
         subprocess.run(["bash", str(LAB_DIR / "down.sh"), "10"], capture_output=True)
@@ -264,7 +270,8 @@ def base_config(**repos: dict) -> dict:
                      "headers": ["Authorization"]}}}
     return {
         # The lab's upstreams (the demo model) live on the guest's loopback address.
-        "proxy": {"allowed_private_networks": [LAB_UPSTREAMS]},
+        # Two workers: every task network's worker is one of two processes (k mod 2).
+        "proxy": {"allowed_private_networks": [LAB_UPSTREAMS], "workers": 2},
         # One API retry: the failure scenarios answer in a second, not in minutes.
         "agent": {"env": {"CLAUDE_CODE_MAX_RETRIES": "1"}},
         "execution": {"retry_delay": 0.2, "max_concurrent": 4, "stop_grace": 5,

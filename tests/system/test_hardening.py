@@ -392,7 +392,8 @@ def test_the_runner_can_write_only_airuts_own_directories(lab):
 
 
 def test_a_task_waits_out_a_proxy_restart(lab):
-    lab.guest("systemctl", "stop", "airut-proxy.service")
+    workers = ("airut-proxy@0.service", "airut-proxy@1.service")  # the lab's two
+    lab.guest("systemctl", "stop", *workers)
     try:
         task = lab.submit_no_wait("[[scenario:echo]] after the restart", repo="demo")
         deadline = time.monotonic() + 30
@@ -400,6 +401,6 @@ def test_a_task_waits_out_a_proxy_restart(lab):
             assert time.monotonic() < deadline, "the task never waited for the proxy"
             time.sleep(0.2)
     finally:
-        lab.guest("systemctl", "start", "airut-proxy.service")
+        lab.guest("systemctl", "start", *workers)
     reply = lab.wait_reply(task)
     assert reply["outcome"] == "success", reply  # a restart is no reason to fail a task

@@ -131,7 +131,8 @@ def test_status_shows_daemons_queues_and_a_running_task_with_its_memory(lab, ope
                30, "the task unit to run")
     status = json.loads(lab.airut("status", "--json").stdout)
     daemons = {d["unit"]: d for d in status["daemons"]}
-    for unit_name in ("airut-runner.service", "airut-proxy.service", VAULT_UNIT):
+    for unit_name in ("airut-runner.service", "airut-proxy@0.service", "airut-proxy@1.service",
+                      "airut-proxy-dns.service", VAULT_UNIT):
         assert daemons[unit_name]["state"] == "active", daemons
     running = {r["unit"]: r for r in status["running"]}
     assert running[unit]["task"] == task and running[unit]["memory"] > 1 << 20, running

@@ -172,7 +172,7 @@ def test_a_checkout_maps_container_root_to_its_owner(runner, tmp_path):
     # The proxy and firewall checks and the proxy's group are the system tests' part.
     sandbox = runner.ctx.sandbox
     sandbox.policies = Stage(tmp_path / "policies")
-    sandbox.check_ready = lambda state: None
+    sandbox.check_ready = lambda state_of, subnet: None
     sandbox.write_policy = lambda policy: sandbox.policies.ensure().put(policy.task_id,
                                                                         policy.to_dict())
     checkout = tmp_path / "checkout"

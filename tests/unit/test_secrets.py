@@ -17,6 +17,8 @@ from airut_core.secrets import Sealed
 pytestmark = pytest.mark.unit
 
 CONFIG = """
+proxy:
+  workers: 1
 repos:
   alpha:
     repo_url: /srv/git/alpha.git
@@ -166,6 +168,17 @@ def test_the_generator_leaves_out_a_missing_secret_for_the_daemon_to_name(
     generator.generate(cfg, out, Path("/x"), creds)
     assert (out / "airut.target.wants/airut-email@beta.service").is_symlink()
     assert not (out / "airut-email@beta.service.d").exists()
+
+
+def test_the_generator_wants_the_proxy_workers_and_tells_the_firewall(tmp_path: Path) -> None:
+    cfg = config_mod.parse(CONFIG.replace("workers: 1", "workers: 3"), "airut.yaml")
+    out = tmp_path / "generator"
+    made = generator.generate(cfg, out, Path("/usr/lib/systemd/system"))
+    assert made[-2:] == ["airut-proxy@1.service", "airut-proxy@2.service"]  # 0: the target
+    assert os.readlink(out / "airut.target.wants/airut-proxy@2.service") == \
+        "/usr/lib/systemd/system/airut-proxy@.service"
+    conf = (out / "airut-firewall.service.d/50-workers.conf").read_text()
+    assert "Environment=AIRUT_PROXY_WORKERS=3\n" in conf
 
 
 def test_a_broken_configuration_makes_no_units_and_does_not_fail(
