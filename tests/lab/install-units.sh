@@ -7,6 +7,13 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lab.env"
 ROOT=$1
 SYS=$ROOT/etc/systemd/system
+# Units an earlier version shipped and this one does not (a guest outlives versions),
+# with their drop-ins and the links that enabled them.
+for old in "$SYS"/airut*.service "$SYS"/airut*.target "$SYS"/airut*.slice "$SYS"/airut*.timer; do
+  [ -f "$old" ] && [ ! -e "$REPO/units/$(basename "$old")" ] || continue
+  rm -rf "$old" "$old.d"
+  find "$SYS" -name "$(basename "$old")" -type l -delete
+done
 install -m644 "$REPO"/units/*.service "$REPO"/units/*.target "$REPO"/units/*.slice \
   "$REPO"/units/*.timer "$SYS/"
 for unit in "$REPO"/units/*.service; do
