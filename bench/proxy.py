@@ -162,6 +162,10 @@ def main() -> None:
             with booted(config) as lab:
                 print(f"\n== {count} proxy worker(s)")
                 proxy_load.load(lab, [int(c) for c in args.clients.split(",")], args.seconds)
+                quiet = proxy_load.neighbour(lab, args.seconds)
+                print(f"noisy neighbour, {count} worker(s): a quiet task's small request "
+                      f"while 8 tasks open TLS connections flat out: {ms(quiet)} "
+                      f"({len(quiet)} requests)")
         return
     with booted(base_config(demo={})) as lab:
         lab.guest("systemctl", "restart", "airut-proxy@0")  # a fresh process for its memory

@@ -7,7 +7,9 @@ connection for many 1 KiB responses, a new TLS connection per 1 KiB response, an
 the same server directly are the floor, measured in the same run. Reported: requests
 (or MiB) per second over all clients, p50 latency, and the proxy's CPU time per
 request (its cgroup's CPUUsageNSec before and after: steadier than rates on a shared
-machine), and its RSS at the end of each point.
+machine), and its RSS at the end of each point. Then the noisy neighbour: one quiet
+task making a small request every 100 ms while 8 others open new TLS connections as
+fast as they can; the quiet task's p50/p95.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ while time.time() < end:
         conn = None
         continue
     times.append(time.perf_counter() - t)
+    if mode == "quiet":
+        time.sleep(0.1)
 print(json.dumps({"times": times, "bytes": size, "errors": errors}))
 """
 MODES = ("keepalive", "new_tls", "bulk")
@@ -96,8 +100,10 @@ def clean(lab: Lab, clients: int) -> None:
         lab.guest("rm", "-f", f"/run/airut/policies/bench-load-{i}.json")
 
 
-def point(lab: Lab, clients: int, mode: str, seconds: float, direct: bool) -> dict:
-    """One point: all clients at once; returns rates, latencies and the proxy's CPU."""
+def point(lab: Lab, clients: int, mode: str, seconds: float, direct: bool,
+          modes: list[str] | None = None) -> dict:
+    """One point: all clients at once; returns rates, latencies and the proxy's CPU
+    (with modes, client i runs modes[i]; "quiet" results are also kept apart)."""
     lab.put_file("/tmp/bench-client.py", CLIENT)
     lab.guest("sh", "-c", "echo '10.88.0.1 allowed.test' > /tmp/bench-hosts")
     start = time.time() + 3 + clients * 0.4  # every container is up by then
@@ -116,7 +122,7 @@ def point(lab: Lab, clients: int, mode: str, seconds: float, direct: bool) -> di
             port = "443"
         lab.guest("podman", "run", "-d", "--name", name, "--pull=never", *where,
                   "-v", "/tmp/bench-client.py:/client.py:ro", IMAGE, "python3", "/client.py",
-                  "allowed.test", port, mode, str(start), str(seconds))
+                  "allowed.test", port, modes[i] if modes else mode, str(start), str(seconds))
     while time.time() < start:
         time.sleep(0.05)
     cpu_before = proxy_cpu_ns(lab)
@@ -127,9 +133,12 @@ def point(lab: Lab, clients: int, mode: str, seconds: float, direct: bool) -> di
         out = lab.guest("podman", "logs", name).stdout.strip().splitlines()
         results.append(json.loads(out[-1]))
         lab.guest("podman", "rm", "-f", name)
+    quiet = [t for i, r in enumerate(results) if modes and modes[i] == "quiet"
+             for t in r["times"]]
     times = [t for r in results for t in r["times"]]
     count = len(times)
-    return {"rate": count / seconds, "mib_s": sum(r["bytes"] for r in results) / seconds / 2**20,
+    return {"quiet": quiet, "rate": count / seconds,
+            "mib_s": sum(r["bytes"] for r in results) / seconds / 2**20,
             "p50_ms": percentile(times, 50) * 1000 if times else 0.0,
             "errors": sum(r["errors"] for r in results),
             "cpu_ms_per_request": (cpu_after - cpu_before) / 1e6 / count if count else 0.0,
@@ -165,6 +174,17 @@ def load(lab: Lab, counts: list[int], seconds: float) -> None:
               f"{sum(g[0]['errors'] for g in got.values())} | "
               f"{max(g[0]['rss_mib'] for g in got.values()):.0f} MiB | "
               f"{ka[1]['rate']:,.0f} / {tls[1]['rate']:,.0f} / {bulk[1]['mib_s']:,.0f} |")
+
+
+def neighbour(lab: Lab, seconds: float, noisy: int = 8) -> list[float]:
+    """The quiet task's latencies while `noisy` tasks burst (new TLS per request)."""
+    networks(lab, noisy + 1)
+    try:
+        got = point(lab, noisy + 1, "new_tls", seconds, direct=False,
+                    modes=["new_tls"] * noisy + ["quiet"])
+    finally:
+        clean(lab, noisy + 1)
+    return got["quiet"]
 
 
 def describe(mode: str, result: dict) -> str:
