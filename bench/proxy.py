@@ -1,7 +1,8 @@
 """bench/proxy: what the network sandbox costs, measured in the lab guest in one run.
 
   python -m bench.proxy [--requests 200]
-  python -m bench.proxy --load [--clients 1,4,8,16] [--seconds 10]   (bench/proxy_load.py)
+  python -m bench.proxy --load [--clients 1,4,8,16] [--seconds 10] [--workers 1,2,2@0,2reuse]
+                                                                   (bench/proxy_load.py)
 
 1. Added latency per HTTPS request: a client in a container on a sandboxed task
    network (DNS -> gateway -> firewall redirect -> airut-proxy -> server) against
@@ -144,6 +145,13 @@ print(json.dumps({"start": starts, "rss_kib": rss}))
 """
 
 
+def parse_variant(spec: str) -> tuple[int, str | None, bool]:
+    """'2' -> (2, None, False); '2@0' -> pinned to CPU 0; '2reuse' -> SO_REUSEPORT."""
+    reuse = spec.endswith("reuse")
+    count, _, cpus = spec.removesuffix("reuse").partition("@")
+    return int(count), cpus or None, reuse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -151,21 +159,31 @@ def main() -> None:
                         help="many clients at once instead (bench/proxy_load.py)")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", default="1,2", help="proxy.workers to compare")
+    parser.add_argument("--workers", default="1,2",
+                        help="variants to compare: N workers, N@CPUS pinned (CPUAffinity=), "
+                             "Nreuse (SO_REUSEPORT on one port)")
     args = parser.parse_args()
     if args.load:
         from bench import proxy_load
 
-        for count in [int(w) for w in args.workers.split(",")]:
+        for spec in args.workers.split(","):
+            count, cpus, reuse = parse_variant(spec)
             config = base_config(demo={})
             config["proxy"]["workers"] = count
             with booted(config) as lab:
-                print(f"\n== {count} proxy worker(s)")
-                proxy_load.load(lab, [int(c) for c in args.clients.split(",")], args.seconds)
-                quiet = proxy_load.neighbour(lab, args.seconds)
-                print(f"noisy neighbour, {count} worker(s): a quiet task's small request "
-                      f"while 8 tasks open TLS connections flat out: {ms(quiet)} "
-                      f"({len(quiet)} requests)")
+                proxy_load.vary(lab, count, cpus, reuse)
+                print(f"\n== {spec}: {count} proxy worker(s)"
+                      + (f", pinned to CPU {cpus}" if cpus is not None else "")
+                      + (", one port with SO_REUSEPORT" if reuse else ", sharded by network"))
+                print(f"idle RSS: {proxy_load.rss_text(proxy_load.proxy_rss_mib(lab))}")
+                if args.clients:
+                    proxy_load.load(lab, [int(c) for c in args.clients.split(",")],
+                                    args.seconds)
+                for noisy in (8, 1):
+                    quiet = proxy_load.neighbour(lab, args.seconds, noisy)
+                    print(f"noisy neighbour, {spec}: a quiet task's small request while "
+                          f"{noisy} task(s) open TLS connections flat out: {ms(quiet)} "
+                          f"({len(quiet)} requests)", flush=True)
         return
     with booted(base_config(demo={})) as lab:
         lab.guest("systemctl", "restart", "airut-proxy@0")  # a fresh process for its memory

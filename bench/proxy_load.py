@@ -7,9 +7,17 @@ connection for many 1 KiB responses, a new TLS connection per 1 KiB response, an
 the same server directly are the floor, measured in the same run. Reported: requests
 (or MiB) per second over all clients, p50 latency, and the proxy's CPU time per
 request (its cgroup's CPUUsageNSec before and after: steadier than rates on a shared
-machine), and its RSS at the end of each point. Then the noisy neighbour: one quiet
-task making a small request every 100 ms while 8 others open new TLS connections as
-fast as they can; the quiet task's p50/p95.
+machine), and each worker's RSS at the end of each point. Then the noisy neighbour:
+one quiet task making a small request every 100 ms while 8 others (and then just one,
+on the other shard) open new TLS connections as fast as they can; the quiet task's
+p50/p95.
+
+Variants (bench/proxy.py --workers): N workers sharded by the firewall's map; N@CPUS
+the same with every proxy unit pinned to CPUS (CPUAffinity=, e.g. 2@0: two workers
+on one core, to see how the numbers grow with cores); Nreuse: N workers all listening
+on one port with SO_REUSEPORT (the kernel spreads connections, not tasks, over them;
+bench only: a sitecustomize patches the workers' bind, and the map sends every
+network to that port).
 """
 
 from __future__ import annotations
@@ -64,24 +72,72 @@ def proxy_units(lab: Lab) -> list[str]:
 
 
 def proxy_cpu_ns(lab: Lab) -> int:
-    """CPU time of every worker and the DNS responder together."""
-    total = 0
-    for unit in proxy_units(lab):
-        out = lab.guest("systemctl", "show", "-p", "CPUUsageNSec", "--value",
-                        unit).stdout.strip()
-        total += int(out) if out.isdigit() else 0
-    return total
+    """CPU time of every worker and the DNS responder together (utime + stime from
+    /proc: the nspawn guest's cgroups do not account CPUUsageNSec)."""
+    script = ("t=0; for u in \"$@\"; do p=$(systemctl show -p MainPID --value $u); "
+              "set -- $(cut -d')' -f2 /proc/$p/stat); t=$((t + ${12} + ${13})); done; "
+              "echo $t $(getconf CLK_TCK)")
+    ticks, hz = lab.guest("bash", "-c", script, "cpu", *proxy_units(lab)).stdout.split()
+    return int(ticks) * 1_000_000_000 // int(hz)
 
 
-def proxy_rss_mib(lab: Lab) -> float:
-    """RSS of the workers and the responder together."""
-    total = 0
+def proxy_rss_mib(lab: Lab) -> dict[str, float]:
+    """RSS of each worker and of the responder, by unit."""
+    rss = {}
     for unit in proxy_units(lab):
         pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
         status = lab.guest("cat", f"/proc/{pid}/status", check=False).stdout
-        total += next((int(line.split()[1]) for line in status.splitlines()
-                       if line.startswith("VmRSS:")), 0)
-    return total / 1024
+        rss[unit] = next((int(line.split()[1]) for line in status.splitlines()
+                          if line.startswith("VmRSS:")), 0) / 1024
+    return rss
+
+
+def rss_text(rss: dict[str, float]) -> str:
+    workers = [v for unit, v in sorted(rss.items()) if unit.startswith("airut-proxy@")]
+    dns = rss.get("airut-proxy-dns.service", 0.0)
+    return (f"workers {' + '.join(f'{v:.0f}' for v in workers)} MiB, responder {dns:.0f} MiB, "
+            f"all {sum(rss.values()):.0f} MiB")
+
+
+def _drop_in(lab: Lab, unit: str, text: str) -> None:
+    lab.put_file(f"/etc/systemd/system/{unit}.d/90-bench.conf", "[Service]\n" + text)
+
+
+REUSEPORT = """\
+# bench/proxy_load's SO_REUSEPORT variant: every worker binds the first worker's port.
+import os, socket
+if os.environ.get("AIRUT_BENCH_REUSEPORT"):
+    _bind = socket.socket.bind
+    def bind(self, address):
+        if isinstance(address, tuple) and 29080 <= address[1] < 29144:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            address = (address[0], 29080, *address[2:])
+        return _bind(self, address)
+    socket.socket.bind = bind
+"""
+
+
+def vary(lab: Lab, count: int, cpus: str | None, reuse: bool) -> None:
+    """Turn the booted lab (proxy.workers = count) into the variant asked for."""
+    units = [f"airut-proxy@{i}.service" for i in range(count)] + ["airut-proxy-dns.service"]
+    if cpus is not None:
+        _drop_in(lab, "airut-proxy@.service", f"CPUAffinity={cpus}\n")
+        _drop_in(lab, "airut-proxy-dns.service", f"CPUAffinity={cpus}\n")
+    if reuse:
+        lab.put_file("/usr/local/lib/airut-bench/sitecustomize.py", REUSEPORT)
+        _drop_in(lab, "airut-proxy@.service", "Environment=AIRUT_BENCH_REUSEPORT=1 "
+                 "PYTHONPATH=/usr/local/lib/airut-bench\n")
+        _drop_in(lab, "airut-firewall.service", "Environment=AIRUT_PROXY_WORKERS=1\n")
+        units.insert(0, "airut-firewall.service")
+    if cpus is None and not reuse:
+        return
+    lab.guest("systemctl", "daemon-reload")
+    lab.guest("systemctl", "restart", *units)
+    time.sleep(2)
+    if reuse:
+        listening = lab.guest("ss", "-Hltnp", "sport = :29080").stdout
+        assert listening.count("airut-proxy") >= count or listening.count("pid=") >= count, \
+            f"not every worker listens on 29080 with SO_REUSEPORT:\n{listening}"
 
 
 def networks(lab: Lab, clients: int) -> None:
@@ -142,7 +198,7 @@ def point(lab: Lab, clients: int, mode: str, seconds: float, direct: bool,
             "p50_ms": percentile(times, 50) * 1000 if times else 0.0,
             "errors": sum(r["errors"] for r in results),
             "cpu_ms_per_request": (cpu_after - cpu_before) / 1e6 / count if count else 0.0,
-            "rss_mib": proxy_rss_mib(lab)}
+            "rss": proxy_rss_mib(lab)}
 
 
 def load(lab: Lab, counts: list[int], seconds: float) -> None:
@@ -158,10 +214,11 @@ def load(lab: Lab, counts: list[int], seconds: float) -> None:
                       f"direct {describe(mode, direct)}", flush=True)
     finally:
         clean(lab, max(counts))
+    print(f"RSS after the last point: {rss_text(rows[-1][2]['rss'])}")
     print(f"\nairut-proxy under load: {seconds:g} s per point, each client on its own task "
           "network; CPU-ms per request is the proxy's")
     print("| clients | keep-alive req/s, p50 | new TLS conn/s, p50 | 1 MiB: MiB/s | "
-          "proxy CPU-ms per req (keep-alive / new TLS / MiB) | errors | proxy RSS | "
+          "proxy CPU-ms per req (keep-alive / new TLS / MiB) | errors | largest worker RSS | "
           "direct: keep-alive / new TLS / MiB/s |")
     print("|---|---|---|---|---|---|---|---|")
     for clients in counts:
@@ -172,12 +229,14 @@ def load(lab: Lab, counts: list[int], seconds: float) -> None:
               f"{ka[0]['cpu_ms_per_request']:.2f} / {tls[0]['cpu_ms_per_request']:.2f} / "
               f"{bulk[0]['cpu_ms_per_request']:.1f} | "
               f"{sum(g[0]['errors'] for g in got.values())} | "
-              f"{max(g[0]['rss_mib'] for g in got.values()):.0f} MiB | "
+              f"{max(max(g[0]['rss'].values()) for g in got.values()):.0f} MiB | "
               f"{ka[1]['rate']:,.0f} / {tls[1]['rate']:,.0f} / {bulk[1]['mib_s']:,.0f} |")
 
 
-def neighbour(lab: Lab, seconds: float, noisy: int = 8) -> list[float]:
-    """The quiet task's latencies while `noisy` tasks burst (new TLS per request)."""
+def neighbour(lab: Lab, seconds: float, noisy: int) -> list[float]:
+    """The quiet task's latencies while `noisy` tasks burst (new TLS per request);
+    at least 20 s, so its p95 rests on ~100 requests."""
+    seconds = max(seconds, 20.0)
     networks(lab, noisy + 1)
     try:
         got = point(lab, noisy + 1, "new_tls", seconds, direct=False,
