@@ -152,6 +152,24 @@ def parse_variant(spec: str) -> tuple[int, str | None, bool]:
     return int(count), cpus or None, reuse
 
 
+def run_variant(lab, spec: str, count: int, cpus: str | None, reuse: bool, args) -> None:
+    from bench import proxy_load
+
+    proxy_load.vary(lab, count, cpus, reuse)
+    print(f"\n== {spec}: {count} proxy worker(s)"
+          + (f", pinned to CPU {cpus}" if cpus is not None else "")
+          + (", one port with SO_REUSEPORT" if reuse else ", sharded by network"))
+    print(f"idle RSS: {proxy_load.rss_text(proxy_load.proxy_rss_mib(lab))}")
+    if args.clients:
+        proxy_load.load(lab, [int(c) for c in args.clients.split(",")],
+                        args.seconds)
+    for noisy in (8, 1):
+        quiet = proxy_load.neighbour(lab, args.seconds, noisy)
+        print(f"noisy neighbour, {spec}: a quiet task's small request while "
+              f"{noisy} task(s) open TLS connections flat out: {ms(quiet)} "
+              f"({len(quiet)} requests)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -171,20 +189,12 @@ def main() -> None:
             config = base_config(demo={})
             config["proxy"]["workers"] = count
             with booted(config) as lab:
-                proxy_load.vary(lab, count, cpus, reuse)
-                print(f"\n== {spec}: {count} proxy worker(s)"
-                      + (f", pinned to CPU {cpus}" if cpus is not None else "")
-                      + (", one port with SO_REUSEPORT" if reuse else ", sharded by network"))
-                print(f"idle RSS: {proxy_load.rss_text(proxy_load.proxy_rss_mib(lab))}")
-                if args.clients:
-                    proxy_load.load(lab, [int(c) for c in args.clients.split(",")],
-                                    args.seconds)
-                for noisy in (8, 1):
-                    quiet = proxy_load.neighbour(lab, args.seconds, noisy)
-                    print(f"noisy neighbour, {spec}: a quiet task's small request while "
-                          f"{noisy} task(s) open TLS connections flat out: {ms(quiet)} "
-                          f"({len(quiet)} requests)", flush=True)
+                try:
+                    run_variant(lab, spec, count, cpus, reuse, args)
+                finally:
+                    proxy_load.unvary(lab)
         return
+
     with booted(base_config(demo={})) as lab:
         lab.guest("systemctl", "restart", "airut-proxy@0")  # a fresh process for its memory
         time.sleep(1)

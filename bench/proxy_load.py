@@ -23,6 +23,7 @@ network to that port).
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from bench.common import IMAGE, percentile
@@ -117,9 +118,25 @@ if os.environ.get("AIRUT_BENCH_REUSEPORT"):
 """
 
 
+BENCH_FILES = ("/etc/systemd/system/airut-proxy@.service.d/90-bench.conf",
+               "/etc/systemd/system/airut-proxy-dns.service.d/90-bench.conf",
+               "/etc/systemd/system/airut-firewall.service.d/90-bench.conf",
+               "/usr/local/lib/airut-bench")
+
+
+def unvary(lab: Lab) -> None:
+    """Remove every variant's drop-ins: the guest's /etc outlives the run, and a
+    leftover would silently turn the next run (or test) into a variant."""
+    lab.guest("rm", "-rf", *BENCH_FILES)
+    lab.guest("systemctl", "daemon-reload")
+
+
 def vary(lab: Lab, count: int, cpus: str | None, reuse: bool) -> None:
-    """Turn the booted lab (proxy.workers = count) into the variant asked for."""
-    units = [f"airut-proxy@{i}.service" for i in range(count)] + ["airut-proxy-dns.service"]
+    """Turn the booted lab (proxy.workers = count) into the variant asked for, and
+    check that it took: the firewall's map and each worker's affinity."""
+    unvary(lab)
+    units = [f"airut-proxy@{i}.service" for i in range(count)] + ["airut-proxy-dns.service",
+                                                                   "airut-firewall.service"]
     if cpus is not None:
         _drop_in(lab, "airut-proxy@.service", f"CPUAffinity={cpus}\n")
         _drop_in(lab, "airut-proxy-dns.service", f"CPUAffinity={cpus}\n")
@@ -128,12 +145,17 @@ def vary(lab: Lab, count: int, cpus: str | None, reuse: bool) -> None:
         _drop_in(lab, "airut-proxy@.service", "Environment=AIRUT_BENCH_REUSEPORT=1 "
                  "PYTHONPATH=/usr/local/lib/airut-bench\n")
         _drop_in(lab, "airut-firewall.service", "Environment=AIRUT_PROXY_WORKERS=1\n")
-        units.insert(0, "airut-firewall.service")
-    if cpus is None and not reuse:
-        return
     lab.guest("systemctl", "daemon-reload")
     lab.guest("systemctl", "restart", *units)
     time.sleep(2)
+    table = lab.guest("nft", "list", "table", "inet", "airut").stdout
+    ports = {int(p) for p in re.findall(r"10\.199\.\d+\.0/24 : (\d+)", table)}
+    expected = {29080} if reuse else {29080 + w for w in range(count)}
+    assert ports == expected, f"the firewall's map sends task networks to {ports}"
+    for unit in units[:count]:
+        pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+        allowed = lab.guest("taskset", "-cp", pid).stdout.split(":")[-1].strip()
+        assert cpus is None or allowed == cpus, f"{unit} runs on CPUs {allowed}"
     if reuse:
         listening = lab.guest("ss", "-Hltnp", "sport = :29080").stdout
         assert listening.count("airut-proxy") >= count or listening.count("pid=") >= count, \

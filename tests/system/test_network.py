@@ -1,7 +1,8 @@
 """The network sandbox, attacked from inside a real task container.
 
-One task runs a probe script (curl, bash, python) against the sandbox and reports
-each attempt as a line `NAME rc=N output`; the tests read those lines. The lab's
+Two tasks run a probe script (curl, bash, python) against the sandbox at once, one
+served by each of the lab's two proxy workers, and every test reads both; the script
+reports each attempt as a line `NAME rc=N output`; the tests read those lines. The lab's
 allowlist (tests/system/lab.py) opens allowed.test entirely, paths.test for GET and
 HEAD under /open/, and the model API; the demo model plays every one of those hosts,
 and also listens on all addresses of the guest at port 8765 (the gateway hole).
@@ -152,12 +153,7 @@ probe foreign $C -X POST -H 'x-api-key: sk-ant-not-the-surrogate' \
 """
 
 
-@pytest.fixture(scope="module")
-def probe(lab) -> dict:
-    marker = lab.scenario("probe", [{"tool": "Bash", "input": {"command": PROBE,
-                                                                "timeout": 300000}},
-                                    {"text": "{tool_result}"}])
-    reply = lab.submit(f"{marker} probe the sandbox", repo="demo", timeout=300)
+def parse_probe(lab, reply: dict) -> dict:
     assert reply["outcome"] == "success", reply
     results = {}
     for line in reply["text"].splitlines():
@@ -167,6 +163,35 @@ def probe(lab) -> dict:
     assert "foreign" in results, reply["text"]
     return {"results": results, "reply": reply,
             "log": (lab.conversation_dir(reply["conversation_id"]) / "network.log").read_text()}
+
+
+@pytest.fixture(scope="module")
+def probes(lab) -> dict[int, dict]:
+    """The probe run by two tasks at once, one on each of the lab's two proxy workers:
+    running together they get neighbouring networks (k and k + 1), which the firewall
+    sends to different workers. Keyed by worker."""
+    marker = lab.scenario("probe", [{"tool": "Bash", "input": {"command": PROBE,
+                                                                "timeout": 300000}},
+                                    {"text": "{tool_result}"}])
+    by_worker: dict[int, dict] = {}
+    for _round in range(3):  # a network still held by another task can skip a parity
+        wanted = [w for w in (0, 1) if w not in by_worker]
+        if not wanted:
+            break
+        tasks = [lab.submit_no_wait(f"{marker} probe the sandbox", repo="demo")
+                 for _ in wanted]
+        for task in tasks:
+            got = parse_probe(lab, lab.wait_reply(task, timeout=300))
+            third_octet = int(got["results"]["gateway"][1].split(".")[2])
+            by_worker.setdefault(third_octet % 2, {**got, "worker": third_octet % 2})
+    assert sorted(by_worker) == [0, 1], f"probes ran on workers {sorted(by_worker)} only"
+    return by_worker
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["worker0", "worker1"])
+def probe(probes, request) -> dict:
+    """Every attack below, against a task on each proxy worker."""
+    return probes[request.param]
 
 
 def ok(probe, name) -> str:
@@ -234,6 +259,9 @@ def test_blocked_requests_reach_the_journal_with_the_task(lab, probe):
     journal = lab.journal(f"AIRUT_TASK={probe['reply']['task_id']}",
                           "SYSLOG_IDENTIFIER=airut-proxy")
     assert "BLOCKED GET other.test / -> 403 (host)" in journal
+    own = lab.journal("-u", f"airut-proxy@{probe['worker']}.service",
+                      f"AIRUT_TASK={probe['reply']['task_id']}")
+    assert "BLOCKED GET other.test / -> 403 (host)" in own  # served by its own shard
 
 
 def test_connect_is_refused(probe):
