@@ -132,7 +132,7 @@ def _nftables(cfg: Config) -> str:
     from airut_proxy import firewall
 
     rules = NFT_RULES if NFT_RULES.exists() else Path(__file__).parents[1] / "units/airut.nft"
-    count = workers(cfg.proxy.workers)
+    count = workers(cfg.proxy.workers, cfg.execution.max_concurrent)
     _command("nft", "--check", "-f", "-", input=firewall.render(rules.read_text(), count))
     return f"the kernel accepts {rules.name} for {count} proxy worker(s)"
 

@@ -223,7 +223,8 @@ def _proxy_workers(cfg: Config, target_on: bool) -> list[str]:
     the table at once), then the workers the map no longer names are stopped."""
     from airut_core import sandbox
 
-    wanted = {sandbox.worker_unit(w) for w in range(sandbox.workers(cfg.proxy.workers))}
+    count = sandbox.workers(cfg.proxy.workers, cfg.execution.max_concurrent)
+    wanted = {sandbox.worker_unit(w) for w in range(count)}
     running = {u["Id"] for u in units("airut-proxy@*.service")
                if u["ActiveState"] in ("active", "activating", "reloading")}
     done = []

@@ -122,9 +122,12 @@ def subnet(n: int) -> str:
 # -- the proxy's workers: task network k is served by worker k mod N ---------------------
 
 
-def workers(configured: int) -> int:
-    """How many proxy workers: proxy.workers, or one per core (0)."""
-    return max(1, min(configured or os.cpu_count() or 1, MAX_WORKERS))
+def workers(configured: int, max_tasks: int) -> int:
+    """How many proxy workers: proxy.workers, or (0) one per core but no more than
+    tasks may run at once (execution.max_concurrent): a worker beyond that would only
+    hold ~80 MiB."""
+    default = min(os.cpu_count() or 1, max_tasks)
+    return max(1, min(configured or default, MAX_WORKERS))
 
 
 def worker_of(task_subnet: str, count: int) -> int:

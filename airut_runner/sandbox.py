@@ -56,8 +56,10 @@ class SandboxError(ValueError):
 
 
 class NetworkSandbox:
-    def __init__(self, proxy: ProxyConfig, used_subnets: Callable[[], set[str]]):
+    def __init__(self, proxy: ProxyConfig, used_subnets: Callable[[], set[str]],
+                 max_tasks: int):
         self.proxy = proxy
+        self.workers = workers(proxy.workers, max_tasks)
         self.policies = Stage(proxy.policies)
         self._used_subnets = used_subnets
         self._lock = threading.Lock()
@@ -96,7 +98,7 @@ class NetworkSandbox:
     def check_ready(self, state_of: Callable[[str], str | None], task_subnet: str) -> None:
         """The proxy worker the task's network is sent to, the DNS responder and the
         firewall must be up before a sandboxed task starts."""
-        worker = worker_unit(worker_of(task_subnet, workers(self.proxy.workers)))
+        worker = worker_unit(worker_of(task_subnet, self.workers))
         for unit in (worker, DNS_UNIT):
             if state_of(unit) != "active":
                 raise NotReady(f"the network proxy ({unit}) is not running, so the task "

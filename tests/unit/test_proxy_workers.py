@@ -19,7 +19,15 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "units" / "airut.nft"
 def test_task_networks_are_spread_round_robin_over_the_workers():
     assert [worker_of(subnet(k), 3) for k in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     assert {worker_of(subnet(k), 1) for k in range(256)} == {0}
-    assert workers(0) >= 1 and workers(5) == 5 and workers(1000) == 64
+    assert workers(5, 3) == 5 and workers(1000, 3) == 64  # as the operator says
+
+
+@pytest.mark.parametrize(("cores", "max_tasks", "expected"),
+                         [(2, 3, 2), (16, 3, 3), (16, 100, 16), (128, 100, 64), (None, 3, 1)])
+def test_by_default_one_worker_per_core_but_not_more_than_tasks(monkeypatch, cores,
+                                                                 max_tasks, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert workers(0, max_tasks) == expected
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 64])
