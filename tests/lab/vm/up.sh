@@ -44,7 +44,12 @@ cp -al "$AIRUT_LAB/claude" "$ROOT/var/cache/airut/claude"
 truncate -s "$AIRUT_VM_DISK" "$RUN/root.img"
 mkfs.ext4 -q -F -L root -d "$ROOT" "$RUN/root.img"
 
-qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m "$AIRUT_VM_MEMORY" -smp "$AIRUT_VM_CPUS" \
+# One host thread for both vCPUs (thread=single, ~1.4x slower): with a thread per
+# vCPU the guest kernel panicked once mid-run ("Oops: int3" in the scheduler) - a vCPU
+# ran a stale translation of code another vCPU had just patched (static keys toggle
+# as podman, nft and cgroups are used), a cross-modifying-code race of multi-threaded
+# TCG. A kernel panic takes every later test with it.
+qemu-system-x86_64 -machine q35 -accel tcg,thread=single -cpu max -m "$AIRUT_VM_MEMORY" -smp "$AIRUT_VM_CPUS" \
   -display none -monitor none -no-reboot -nic none \
   -kernel "$VM/vmlinuz" -initrd "$VM/initrd.img" \
   -append "console=ttyS0 root=/dev/vda rw net.ifnames=0 quiet" \
