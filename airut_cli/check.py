@@ -128,11 +128,10 @@ def _cgroups(cfg: Config) -> str:
 
 
 def _nftables(cfg: Config) -> str:
-    from airut_core.sandbox import workers
     from airut_proxy import firewall
 
     rules = NFT_RULES if NFT_RULES.exists() else Path(__file__).parents[1] / "units/airut.nft"
-    count = workers(cfg.proxy.workers, cfg.execution.max_concurrent)
+    count = cfg.proxy_workers()
     _command("nft", "--check", "-f", "-", input=firewall.render(rules.read_text(), count))
     return f"the kernel accepts {rules.name} for {count} proxy worker(s)"
 

@@ -69,7 +69,7 @@ def generate(cfg: config_mod.Config, out: Path, unit_dir: Path,
 
 def generate_proxy(cfg: config_mod.Config, out: Path, unit_dir: Path) -> list[str]:
     """The proxy's workers beyond the first, and their number for the firewall."""
-    count = sandbox.workers(cfg.proxy.workers, cfg.execution.max_concurrent)
+    count = cfg.proxy_workers()
     wants = out / "airut.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     made = []

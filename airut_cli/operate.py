@@ -223,8 +223,7 @@ def _proxy_workers(cfg: Config, target_on: bool) -> list[str]:
     the table at once), then the workers the map no longer names are stopped."""
     from airut_core import sandbox
 
-    count = sandbox.workers(cfg.proxy.workers, cfg.execution.max_concurrent)
-    wanted = {sandbox.worker_unit(w) for w in range(count)}
+    wanted = {sandbox.worker_unit(w) for w in range(cfg.proxy_workers())}
     running = {u["Id"] for u in units("airut-proxy@*.service")
                if u["ActiveState"] in ("active", "activating", "reloading")}
     done = []

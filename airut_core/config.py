@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import yaml
 
 from airut_core import paths, schedule, schema, secrets
-from airut_core.sandbox import CIDR, NETWORK_LOG_MAX_BYTES
+from airut_core.sandbox import CIDR, NETWORK_LOG_MAX_BYTES, workers
 from airut_core.schema import EnvRef, Match, OneOf, Range, Secret, Size
 from airut_core.secrets import Sealed, SecretRef
 
@@ -246,6 +246,10 @@ class Config:
     repos: dict[Annotated[str, schema.Match(paths.REPO_ID, "repository id")],
                 RepoConfig] = field(default_factory=dict)
     source: str = field(default="", metadata={"internal": True})  # the file read
+
+    def proxy_workers(self) -> int:
+        """How many proxy workers run (airut_core.sandbox.workers)."""
+        return workers(self.proxy.workers, self.execution.max_concurrent)
 
     def repo(self, repo_id: str) -> RepoConfig:
         try:

@@ -69,8 +69,7 @@ class Context:
         # Endings have threads of their own: a slow one (a huge outbox) never holds up
         # the preparation of other tasks, nor the other way round.
         self.finish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="finish")
-        self.sandbox = NetworkSandbox(cfg.proxy, podman.task_subnets,
-                                      cfg.execution.max_concurrent)
+        self.sandbox = NetworkSandbox(cfg.proxy, podman.task_subnets, cfg.proxy_workers())
         self.uids = uids.Pool(self.state_dir, cfg.agent.host_uid_base, cfg.agent.uid_ranges)
         self.bell: Doorbell | None = None
         # Phases of the tasks in flight (one at a time per task).

@@ -32,7 +32,6 @@ from airut_core.sandbox import (
     subnet,
     worker_of,
     worker_unit,
-    workers,
 )
 from airut_core.spool import Stage
 from airut_runner import surrogates
@@ -57,9 +56,9 @@ class SandboxError(ValueError):
 
 class NetworkSandbox:
     def __init__(self, proxy: ProxyConfig, used_subnets: Callable[[], set[str]],
-                 max_tasks: int):
+                 workers: int):
         self.proxy = proxy
-        self.workers = workers(proxy.workers, max_tasks)
+        self.workers = workers
         self.policies = Stage(proxy.policies)
         self._used_subnets = used_subnets
         self._lock = threading.Lock()

@@ -26,8 +26,9 @@ import json
 import re
 import time
 
+from airut_core.sandbox import MAX_WORKERS, PROXY_PORT, worker_port
 from bench.common import IMAGE, percentile
-from bench.proxy import bench_policy, write_policy
+from bench.proxy import bench_policy, rss_kib, write_policy
 from tests.system.lab import Lab
 
 CLIENT = r"""
@@ -72,25 +73,31 @@ def proxy_units(lab: Lab) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def main_pids(lab: Lab) -> dict[str, str]:
+    """Each proxy unit's main process, from one systemctl call."""
+    out = lab.guest("systemctl", "show", "-p", "Id", "-p", "MainPID",
+                    *proxy_units(lab)).stdout
+    pids = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines())
+        pids[props["Id"]] = props["MainPID"]
+    return pids
+
+
 def proxy_cpu_ns(lab: Lab) -> int:
     """CPU time of every worker and the DNS responder together (utime + stime from
     /proc: the nspawn guest's cgroups do not account CPUUsageNSec)."""
-    script = ("t=0; for u in \"$@\"; do p=$(systemctl show -p MainPID --value $u); "
-              "set -- $(cut -d')' -f2 /proc/$p/stat); t=$((t + ${12} + ${13})); done; "
-              "echo $t $(getconf CLK_TCK)")
-    ticks, hz = lab.guest("bash", "-c", script, "cpu", *proxy_units(lab)).stdout.split()
-    return int(ticks) * 1_000_000_000 // int(hz)
+    stats = lab.guest("cat", *(f"/proc/{pid}/stat" for pid in main_pids(lab).values())).stdout
+    hz = int(lab.guest("getconf", "CLK_TCK").stdout)
+    # fields after the ")" closing the command name: utime and stime are the 12th and 13th
+    ticks = sum(int(f[11]) + int(f[12])
+                for f in (line.rpartition(")")[2].split() for line in stats.splitlines()))
+    return ticks * 1_000_000_000 // hz
 
 
 def proxy_rss_mib(lab: Lab) -> dict[str, float]:
     """RSS of each worker and of the responder, by unit."""
-    rss = {}
-    for unit in proxy_units(lab):
-        pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
-        status = lab.guest("cat", f"/proc/{pid}/status", check=False).stdout
-        rss[unit] = next((int(line.split()[1]) for line in status.splitlines()
-                          if line.startswith("VmRSS:")), 0) / 1024
-    return rss
+    return {unit: rss_kib(lab, pid) / 1024 for unit, pid in main_pids(lab).items()}
 
 
 def rss_text(rss: dict[str, float]) -> str:
@@ -100,19 +107,15 @@ def rss_text(rss: dict[str, float]) -> str:
             f"all {sum(rss.values()):.0f} MiB")
 
 
-def _drop_in(lab: Lab, unit: str, text: str) -> None:
-    lab.put_file(f"/etc/systemd/system/{unit}.d/90-bench.conf", "[Service]\n" + text)
-
-
-REUSEPORT = """\
+REUSEPORT = f"""\
 # bench/proxy_load's SO_REUSEPORT variant: every worker binds the first worker's port.
 import os, socket
 if os.environ.get("AIRUT_BENCH_REUSEPORT"):
     _bind = socket.socket.bind
     def bind(self, address):
-        if isinstance(address, tuple) and 29080 <= address[1] < 29144:
+        if isinstance(address, tuple) and {PROXY_PORT} <= address[1] < {PROXY_PORT + MAX_WORKERS}:
             self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            address = (address[0], 29080, *address[2:])
+            address = (address[0], {PROXY_PORT}, *address[2:])
         return _bind(self, address)
     socket.socket.bind = bind
 """
@@ -137,29 +140,31 @@ def vary(lab: Lab, count: int, cpus: str | None, reuse: bool) -> None:
     unvary(lab)
     units = [f"airut-proxy@{i}.service" for i in range(count)] + ["airut-proxy-dns.service",
                                                                    "airut-firewall.service"]
+    drop_ins: dict[str, list[str]] = {}
     if cpus is not None:
-        _drop_in(lab, "airut-proxy@.service", f"CPUAffinity={cpus}\n")
-        _drop_in(lab, "airut-proxy-dns.service", f"CPUAffinity={cpus}\n")
+        for unit in ("airut-proxy@.service", "airut-proxy-dns.service"):
+            drop_ins.setdefault(unit, []).append(f"CPUAffinity={cpus}")
     if reuse:
         lab.put_file("/usr/local/lib/airut-bench/sitecustomize.py", REUSEPORT)
-        _drop_in(lab, "airut-proxy@.service", "Environment=AIRUT_BENCH_REUSEPORT=1 "
-                 "PYTHONPATH=/usr/local/lib/airut-bench\n")
-        _drop_in(lab, "airut-firewall.service", "Environment=AIRUT_PROXY_WORKERS=1\n")
+        drop_ins.setdefault("airut-proxy@.service", []).append(
+            "Environment=AIRUT_BENCH_REUSEPORT=1 PYTHONPATH=/usr/local/lib/airut-bench")
+        drop_ins["airut-firewall.service"] = ["Environment=AIRUT_PROXY_WORKERS=1"]
+    for unit, lines in drop_ins.items():
+        lab.put_file(f"/etc/systemd/system/{unit}.d/90-bench.conf",
+                     "[Service]\n" + "".join(f"{line}\n" for line in lines))
     lab.guest("systemctl", "daemon-reload")
-    lab.guest("systemctl", "restart", *units)
-    time.sleep(2)
+    lab.guest("systemctl", "restart", *units)  # each worker is ready (Type=notify) after
     table = lab.guest("nft", "list", "table", "inet", "airut").stdout
     ports = {int(p) for p in re.findall(r"10\.199\.\d+\.0/24 : (\d+)", table)}
-    expected = {29080} if reuse else {29080 + w for w in range(count)}
+    expected = {PROXY_PORT} if reuse else {worker_port(w) for w in range(count)}
     assert ports == expected, f"the firewall's map sends task networks to {ports}"
-    for unit in units[:count]:
-        pid = lab.guest("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+    for unit, pid in main_pids(lab).items():
         allowed = lab.guest("taskset", "-cp", pid).stdout.split(":")[-1].strip()
         assert cpus is None or allowed == cpus, f"{unit} runs on CPUs {allowed}"
     if reuse:
-        listening = lab.guest("ss", "-Hltnp", "sport = :29080").stdout
-        assert listening.count("airut-proxy") >= count or listening.count("pid=") >= count, \
-            f"not every worker listens on 29080 with SO_REUSEPORT:\n{listening}"
+        listening = lab.guest("ss", "-Hltnp", f"sport = :{PROXY_PORT}").stdout
+        assert listening.count("pid=") >= count, \
+            f"not every worker listens on {PROXY_PORT} with SO_REUSEPORT:\n{listening}"
 
 
 def networks(lab: Lab, clients: int) -> None:

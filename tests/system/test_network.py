@@ -11,6 +11,7 @@ and also listens on all addresses of the guest at port 8765 (the gateway hole).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 import time
@@ -18,7 +19,10 @@ import time
 import pytest
 import yaml
 
+from airut_core.sandbox import worker_of
 from tests.system.lab import REAL_API_KEY, REAL_GH_TOKEN, wait_until
+
+WORKERS = ("airut-proxy@0.service", "airut-proxy@1.service")  # the lab's two
 
 PROBE = r"""
 # H2 HOST PATH [HOST-HEADER...]: one HTTP/2 GET with these host headers besides
@@ -175,16 +179,17 @@ def probes(lab) -> dict[int, dict]:
                                     {"text": "{tool_result}"}])
     by_worker: dict[int, dict] = {}
     for _round in range(3):  # a network still held by another task can skip a parity
-        wanted = [w for w in (0, 1) if w not in by_worker]
+        wanted = [w for w in range(len(WORKERS)) if w not in by_worker]
         if not wanted:
             break
         tasks = [lab.submit_no_wait(f"{marker} probe the sandbox", repo="demo")
                  for _ in wanted]
         for task in tasks:
             got = parse_probe(lab, lab.wait_reply(task, timeout=300))
-            third_octet = int(got["results"]["gateway"][1].split(".")[2])
-            by_worker.setdefault(third_octet % 2, {**got, "worker": third_octet % 2})
-    assert sorted(by_worker) == [0, 1], f"probes ran on workers {sorted(by_worker)} only"
+            network = ipaddress.ip_network(f"{got['results']['gateway'][1]}/24", strict=False)
+            worker = worker_of(str(network), len(WORKERS))
+            by_worker.setdefault(worker, {**got, "worker": worker})
+    assert len(by_worker) == len(WORKERS), f"probes ran on workers {sorted(by_worker)} only"
     return by_worker
 
 
@@ -516,9 +521,6 @@ def test_a_task_does_not_start_without_the_firewall(lab, damage):
 
 
 # -- the proxy streams ------------------------------------------------------------
-
-WORKERS = ("airut-proxy@0.service", "airut-proxy@1.service")  # the lab's two
-
 
 def proxy_pids(lab) -> dict[str, str]:
     return {w: lab.guest("systemctl", "show", "-p", "MainPID", "--value", w).stdout.strip()
